@@ -1,0 +1,48 @@
+"""promptmii: write a classifier's task instruction from labelled examples in one LLM call (Prompt-MII).
+
+Public API:
+    load_task, load_tasks   labelled data -> Task records          (promptmii.data)
+    get_backend             "llamacpp:qwen2.5-coder-1.5b-instruct" -> Backend   (promptmii.backends)
+    induce                  examples + generator -> Instruction     (promptmii.induce)
+    evaluate                tasks x methods -> Result rows           (promptmii.experiment)
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from promptmii.backends import Backend, Generation, GenParams, get_backend
+from promptmii.data import Example, Task, load_tasks
+from promptmii.errors import PromptMIIError
+from promptmii.experiment import EvalConfig
+from promptmii.experiment import run_eval as evaluate
+from promptmii.induce import InduceConfig, Instruction, induce
+from promptmii.results import Result
+
+
+def load_task(source: str, **kwargs: object) -> Task:
+    """Load exactly one task (a CSV/JSONL file or a Hugging Face dataset); see `load_tasks` for options."""
+    tasks = load_tasks(source, **kwargs)  # type: ignore[arg-type]
+    if len(tasks) != 1:
+        raise PromptMIIError(f"{source}: holds {len(tasks)} tasks; use load_tasks for a corpus")
+    return tasks[0]
+
+
+__all__ = [
+    "Backend",
+    "EvalConfig",
+    "Example",
+    "GenParams",
+    "Generation",
+    "InduceConfig",
+    "Instruction",
+    "PromptMIIError",
+    "Result",
+    "Task",
+    "__version__",
+    "evaluate",
+    "get_backend",
+    "induce",
+    "load_task",
+    "load_tasks",
+]

@@ -1,0 +1,91 @@
+"""The one Backend protocol every model sits behind, its records, and `get_backend(spec)`.
+
+A backend is whatever turns chat prompts into text: llama.cpp here, HTTP servers and transformers
+for bigger machines. Calls take batches so an adapter can reuse the shared prompt prefix (all m
+queries of one instruction) or batch on a GPU. Adapters hold no pipeline logic.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+from promptmii.errors import BackendError
+
+Chat = list[dict[str, str]]  # OpenAI-style messages: [{"role": "user", "content": "..."}]
+
+
+@dataclass(frozen=True)
+class GenParams:
+    """Decoding settings of one call. Everything here is part of the cache key."""
+
+    max_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+    # Keeps repeated samples at temperature > 0 distinct in the cache while replaying them on
+    # re-runs (dspy's rollout_id). Not sent to the model.
+    sample_index: int = 0
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One completion. `error` is set (and `text` empty) when this one prompt failed."""
+
+    text: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+    cached: bool = field(default=False, compare=False)
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """What the pipeline needs from a model. `model_id` goes into every cache key and result row."""
+
+    model_id: str
+    context_length: int
+
+    def generate(self, prompts: list[Chat], params: GenParams) -> list[Generation]:
+        """One Generation per prompt, in order. A failure on one prompt sets its `error`, never raises."""
+        ...
+
+    def label_logprobs(self, prompt: Chat, labels: list[str]) -> dict[str, float]:
+        """Log-probability of each label's tokens as the reply to `prompt`."""
+        ...
+
+    def count_tokens(self, prompt: Chat) -> int:
+        """Length of `prompt` with the model's own chat template and tokenizer, never a proxy."""
+        ...
+
+
+SCHEMES = ("llamacpp",)
+_LOADED: dict[str, Backend] = {}
+
+
+def get_backend(spec: str) -> Backend:
+    """Build (once per process) the backend a spec names, e.g. `llamacpp:qwen2.5-coder-1.5b-instruct`.
+
+    The generator and follower are often the same model: sharing one instance halves memory and load
+    time on a laptop.
+    """
+    if spec in _LOADED:
+        return _LOADED[spec]
+    scheme, sep, target = spec.partition(":")
+    if not sep or not target:
+        raise BackendError(
+            f"backend spec '{spec}' must look like SCHEME:MODEL, e.g. llamacpp:qwen2.5-coder-1.5b-instruct"
+        )
+    if scheme == "llamacpp":
+        from promptmii.backends.llamacpp import LlamaCppBackend
+
+        backend: Backend = LlamaCppBackend.from_spec(target)
+    else:
+        close = difflib.get_close_matches(scheme, SCHEMES, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise BackendError(f"unknown backend '{scheme}'{hint}; backends are: {', '.join(SCHEMES)}")
+    _LOADED[spec] = backend
+    return backend

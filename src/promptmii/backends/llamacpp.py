@@ -1,0 +1,163 @@
+"""llama-cpp-python adapter: the CPU default, running the bundled GGUF models or any .gguf file.
+
+Prompts are rendered with the model's own chat template (from the GGUF) and tokenized here, so the
+tokens we count are exactly the tokens we run. The high-level API runs one sequence at a time but
+keeps the KV cache of the previous prompt: running all m queries of one instruction back to back
+means the shared prefix is evaluated once (RUNTIME.md: 7.1 s -> 0.23 s per call).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from promptmii import models
+from promptmii.backends import Chat, Generation, GenParams
+from promptmii.errors import BackendError, ModelFileError
+
+# With OpenMP's default spin-wait, 2 threads become 5-40x slower whenever anything else uses a core
+# (RUNTIME.md). libgomp reads this once, when llama.cpp's library is loaded, so set it before import.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+log = logging.getLogger(__name__)
+
+MAX_CONTEXT = 32_768  # the bundled Qwen models' trained context; also the paper's serving context
+
+
+class LlamaCppBackend:
+    """One GGUF model in llama.cpp, loaded once and shared by every caller in the process."""
+
+    def __init__(self, path: Path, model_id: str, n_ctx: int | None = None, n_threads: int | None = None):
+        try:
+            import llama_cpp
+        except ImportError:
+            raise BackendError("llama-cpp-python is not installed (pip install -e . builds it)") from None
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        with path.open("rb") as f:
+            if f.read(4) != b"GGUF":
+                raise ModelFileError(
+                    f"{path}: not a GGUF file (bad magic bytes); the file is corrupt or another format"
+                )
+        threads = n_threads or len(os.sched_getaffinity(0))
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx or 0,  # 0 = the model's trained context, capped below
+                n_threads=threads,
+                n_threads_batch=threads,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as e:
+            raise ModelFileError(
+                f"{path}: llama.cpp cannot load this GGUF ({e}); the file is corrupt or unsupported"
+            ) from None
+        if self._llm.n_ctx() > MAX_CONTEXT and not n_ctx:
+            del self._llm
+            self._llm = llama_cpp.Llama(
+                model_path=str(path), n_ctx=MAX_CONTEXT, n_threads=threads, n_threads_batch=threads, verbose=False
+            )
+        self._llama_cpp = llama_cpp
+        # Free the model before interpreter teardown; Llama.__del__ at exit finds its C bindings gone.
+        atexit.register(self._llm.close)
+        self.model_id = model_id
+        self.context_length = self._llm.n_ctx()
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ModelFileError(f"{path}: the GGUF has no chat template; promptmii needs an instruct model")
+        token_text = self._llm._model.token_get_text
+        self._formatter = Jinja2ChatFormatter(
+            template=template, eos_token=token_text(self._llm.token_eos()), bos_token=token_text(self._llm.token_bos())
+        )
+        self._add_bos = self._llm.metadata.get("tokenizer.ggml.add_bos_token", "false") == "true"
+
+    @classmethod
+    def from_spec(cls, target: str) -> LlamaCppBackend:
+        """`target` is a bundled model name or a path to a .gguf file."""
+        if target.endswith(".gguf") or os.sep in target:
+            path = Path(target).expanduser()
+            if not path.is_file():
+                raise ModelFileError(f"{path}: no such model file")
+            return cls(path, f"{path.name}@{models.file_sha256(path)[:12]}")
+        model = models.lookup(target)
+        return cls(models.ensure_bundled(target), f"{model.name}-q4_k_m@{model.sha256[:12]}")
+
+    # ------------------------------------------------------------ the Backend protocol
+
+    def generate(self, prompts: list[Chat], params: GenParams) -> list[Generation]:
+        """Run prompts one after another in the given order, so consecutive prompts share the KV prefix."""
+        return [self._generate_one(prompt, params) for prompt in prompts]
+
+    def label_logprobs(self, prompt: Chat, labels: list[str]) -> dict[str, float]:
+        base = self._tokens(prompt)
+        scores = {}
+        for label in labels:
+            label_ids = self._llm.tokenize(label.encode("utf-8"), add_bos=False, special=False)
+            total = 0.0
+            for i, token in enumerate(label_ids):
+                logits = self._next_token_logits(base + label_ids[:i])
+                total += float(logits[token] - _logsumexp(logits))
+            scores[label] = total
+        return scores
+
+    def count_tokens(self, prompt: Chat) -> int:
+        return len(self._tokens(prompt))
+
+    # ------------------------------------------------------------ internals
+
+    def _tokens(self, prompt: Chat) -> list[int]:
+        text = self._formatter(messages=prompt).prompt
+        # special=True: the template's <|im_start|> markers must become control tokens, not text.
+        return self._llm.tokenize(text.encode("utf-8"), add_bos=self._add_bos, special=True)
+
+    def _generate_one(self, prompt: Chat, params: GenParams) -> Generation:
+        start = time.perf_counter()
+        try:
+            tokens = self._tokens(prompt)
+            if len(tokens) + params.max_tokens > self.context_length:
+                raise ValueError(
+                    f"prompt of {len(tokens)} tokens + {params.max_tokens} to generate exceeds the context of {self.context_length}"
+                )
+            out = self._llm.create_completion(
+                prompt=tokens,
+                max_tokens=params.max_tokens,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                top_k=0 if params.temperature > 0 else 40,  # 0 = no top-k cut when sampling
+                min_p=0.0,
+                repeat_penalty=1.0,
+                seed=params.seed,
+                stop=list(params.stop) or None,
+            )
+        except (ValueError, RuntimeError) as e:
+            return Generation(
+                "", len(tokens) if "tokens" in locals() else 0, 0, time.perf_counter() - start, error=str(e)
+            )
+        usage = out["usage"]
+        return Generation(
+            out["choices"][0]["text"], usage["prompt_tokens"], usage["completion_tokens"], time.perf_counter() - start
+        )
+
+    def _next_token_logits(self, tokens: list[int]) -> np.ndarray:
+        """Logits after `tokens`, re-evaluating only the part that differs from what is in the KV cache."""
+        llm = self._llm
+        common = 0
+        for cached, new in zip(llm.input_ids[: llm.n_tokens], tokens, strict=False):
+            if cached != new:
+                break
+            common += 1
+        common = min(common, len(tokens) - 1)  # evaluate at least one token so the logits are fresh
+        llm.n_tokens = common
+        llm.eval(tokens[common:])
+        pointer = self._llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+        return np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),)).copy()
+
+
+def _logsumexp(x: np.ndarray) -> float:
+    top = float(x.max())
+    return top + float(np.log(np.exp(x - top).sum()))

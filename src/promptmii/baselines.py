@@ -1,0 +1,111 @@
+"""The methods compared on one follower: Naive, ICL(k), Prompt-MII-Zero and Prompt-MII.
+
+Each method only decides the prefix the follower sees (REFERENCE.md A3, A7); `evaluate` does the rest.
+- naive:           "Classify the input." (labels only, via the format constraint)
+- icl[:k]:         k shots in context (k defaults to the run's n)
+- promptmii-zero:  an instruction from the untrained base generator, one greedy call
+- promptmii:       an instruction from the given (trained) generator, one greedy call
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+from dataclasses import dataclass, field
+
+from promptmii import prompts
+from promptmii.backends import Backend
+from promptmii.data import Example
+from promptmii.errors import PromptMIIError
+from promptmii.evaluate import FOLLOWER_MAX_TOKENS
+from promptmii.induce import InduceConfig, Instruction, induce
+
+log = logging.getLogger(__name__)
+
+METHODS = ("naive", "icl", "promptmii-zero", "promptmii")
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str  # one of METHODS
+    shots: int | None = None  # icl:k; None = the run's n
+
+    @property
+    def spec(self) -> str:
+        return f"{self.name}:{self.shots}" if self.shots is not None else self.name
+
+    def n_shots(self, n: int) -> int:
+        """Examples this method sees: k for icl:k, else the run's n (Naive sees none but is run at n)."""
+        return self.shots if self.shots is not None else n
+
+
+def parse_method(spec: str) -> Method:
+    """'naive', 'icl', 'icl:100', 'promptmii-zero', 'promptmii' -> Method (did-you-mean on typos)."""
+    name, _, arg = spec.strip().partition(":")
+    if name not in METHODS:
+        close = difflib.get_close_matches(name, METHODS, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise PromptMIIError(f"unknown method '{spec}'{hint}; methods are: naive, icl[:K], promptmii-zero, promptmii")
+    if not arg:
+        return Method(name)
+    if name != "icl" or not arg.isdigit() or int(arg) < 1:
+        raise PromptMIIError(f"method '{spec}': only icl takes a shot count, as icl:K with K >= 1")
+    return Method(name, int(arg))
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """What a method puts in front of the format constraint, and what producing it cost."""
+
+    text: str
+    n_shots_used: int
+    instruction: Instruction | None = None
+    warnings: tuple[str, ...] = field(default=())
+
+
+def build_prefix(
+    method: Method,
+    shots: list[Example],
+    labels: tuple[str, ...],
+    *,
+    follower: Backend,
+    longest_input: str,
+    generator: Backend | None = None,
+    induce_config: InduceConfig | None = None,
+) -> Prefix:
+    """The prefix of `method`, given the run's shots (`shots` holds the first n_shots examples)."""
+    if method.name == "naive":
+        return Prefix(prompts.NAIVE_INSTRUCTION, 0)
+    if method.name == "icl":
+        return _icl_prefix(shots, labels, follower, longest_input)
+    if generator is None:
+        raise PromptMIIError(f"method {method.spec} needs a generator backend")
+    instruction = induce(shots, labels, generator, induce_config or InduceConfig())
+    warnings = (f"generator call failed: {instruction.error}",) if instruction.error else ()
+    if not instruction.text and not instruction.error:
+        warnings = ("the generator wrote an empty instruction",)
+    return Prefix(instruction.text, len(shots), instruction, warnings)
+
+
+def _icl_prefix(shots: list[Example], labels: tuple[str, ...], follower: Backend, longest_input: str) -> Prefix:
+    """ICL shots, dropping trailing shots (and saying so) until the longest query fits the context.
+
+    The reference lowers n the same way and records `actual_n` (REFERENCE.md A2); we also warn.
+    """
+
+    def fits(k: int) -> bool:
+        chat = prompts.follower_prompt(prompts.icl_prefix(shots[:k]), labels, longest_input)
+        return follower.count_tokens(chat) + FOLLOWER_MAX_TOKENS <= follower.context_length
+
+    if fits(len(shots)):
+        return Prefix(prompts.icl_prefix(shots), len(shots))
+    low, high = 0, len(shots)  # fits(low) is assumed: the inputs were checked against the context
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (middle, high) if fits(middle) else (low, middle)
+    warning = (
+        f"icl:{len(shots)} does not fit the follower's context of {follower.context_length} tokens; "
+        f"used the first {low} shots"
+    )
+    log.warning(warning)
+    return Prefix(prompts.icl_prefix(shots[:low]), low, warnings=(warning,))

@@ -1,0 +1,85 @@
+"""SQLite cache of LLM calls, wrapping any Backend; it doubles as the call log (tokens, seconds).
+
+Key = sha256 of sorted JSON of {backend, model_id, prompt, params, sample_index} (dspy's cache_key).
+The model is in the key: lm-eval's cache leaves it out and silently returns another model's answers.
+Failed calls are never stored, so a re-run retries them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from promptmii.backends import Backend, Chat, Generation, GenParams
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS calls (
+    key TEXT PRIMARY KEY,
+    model_id TEXT NOT NULL,
+    text TEXT NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    seconds REAL NOT NULL,
+    created_at REAL NOT NULL
+)
+"""
+
+
+def cache_key(backend_kind: str, model_id: str, prompt: Chat, params: GenParams) -> str:
+    payload = {
+        "backend": backend_kind,
+        "model_id": model_id,
+        "prompt": prompt,
+        "params": {k: v for k, v in asdict(params).items() if k != "sample_index"},
+        "sample_index": params.sample_index,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+class CachedBackend:
+    """A Backend that answers repeated calls from SQLite and forwards the rest, in one batch."""
+
+    def __init__(self, backend: Backend, path: Path):
+        self.backend = backend
+        self.model_id = backend.model_id
+        self.context_length = backend.context_length
+        self._kind = type(backend).__name__
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(str(path))
+        self._db.execute(SCHEMA)
+        self._db.commit()
+
+    def generate(self, prompts: list[Chat], params: GenParams) -> list[Generation]:
+        keys = [cache_key(self._kind, self.model_id, p, params) for p in prompts]
+        results: list[Generation | None] = [self._lookup(k) for k in keys]
+        missing = [i for i, r in enumerate(results) if r is None]
+        if missing:
+            fresh = self.backend.generate([prompts[i] for i in missing], params)
+            for i, generation in zip(missing, fresh, strict=True):
+                results[i] = generation
+                if generation.error is None:
+                    self._store(keys[i], generation)
+            self._db.commit()
+        return [r for r in results if r is not None]
+
+    def label_logprobs(self, prompt: Chat, labels: list[str]) -> dict[str, float]:
+        return self.backend.label_logprobs(prompt, labels)
+
+    def count_tokens(self, prompt: Chat) -> int:
+        return self.backend.count_tokens(prompt)
+
+    def _lookup(self, key: str) -> Generation | None:
+        row = self._db.execute(
+            "SELECT text, prompt_tokens, completion_tokens, seconds FROM calls WHERE key = ?", (key,)
+        ).fetchone()
+        return Generation(row[0], row[1], row[2], row[3], cached=True) if row else None
+
+    def _store(self, key: str, g: Generation) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO calls VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key, self.model_id, g.text, g.prompt_tokens, g.completion_tokens, g.seconds, time.time()),
+        )

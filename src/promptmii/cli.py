@@ -1,0 +1,314 @@
+"""The `promptmii` command: induce, eval, models. The only place logging and output formats live.
+
+Results go to stdout (a table on a terminal, JSON lines otherwise), progress bars and logs to stderr,
+so `promptmii eval ... | jq` works. Every PromptMIIError becomes one `Error:` line and exit 1.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama.cpp or torch load (RUNTIME.md)
+
+import csv
+import io
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import click
+
+from promptmii import models
+from promptmii.data import draw, load_tasks
+from promptmii.errors import PromptMIIError
+from promptmii.experiment import DEFAULT_BACKEND, Backends, EvalConfig, run_eval
+from promptmii.induce import InduceConfig, induce
+from promptmii.prompts import DEFAULT_TEMPLATE, TEMPLATES
+from promptmii.results import Result, ResultsDir, mean_by_method, read_results
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+FORMATS = ("table", "json", "jsonl", "csv")
+TABLE_COLUMNS = (
+    ("task", "task", "{}"),
+    ("method", "method", "{}"),
+    ("macro_f1", "macro-F1", "{:.3f}"),
+    ("accuracy", "accuracy", "{:.3f}"),
+    ("invalid_rate", "invalid", "{:.3f}"),
+    ("prompt_tokens_per_query", "tokens/query", "{:.0f}"),
+    ("llm_calls", "LLM calls", "{:.0f}"),
+    ("seconds", "seconds", "{:.1f}"),
+)
+
+
+class Failure(click.ClickException):
+    """One `Error: ...` line, exit 1."""
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="promptmii")
+@click.option("-v", "--verbose", is_flag=True, help="Log progress details to stderr.")
+def main(verbose: bool) -> None:
+    """Write an LLM classifier's task instruction from a few labelled examples, in one model call.
+
+    Quick start (bundled CPU models, no hub needed):
+
+        promptmii induce examples/support_tickets.csv
+    """
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
+
+
+def _common_model_options(f: Any) -> Any:
+    options = [
+        click.option(
+            "--follower", default=DEFAULT_BACKEND, show_default=True, help="Backend spec of the frozen follower."
+        ),
+        click.option(
+            "--base-generator", default=DEFAULT_BACKEND, show_default=True, help="Untrained generator (promptmii-zero)."
+        ),
+        click.option("--generator", default=None, help="Trained generator (method promptmii)."),
+        click.option(
+            "--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True, help="Meta-prompt."
+        ),
+        click.option("--max-instruction-tokens", default=1024, show_default=True, help="Generator token limit."),
+        click.option("--seed", default=0, show_default=True, help="Draws the shown and scored examples."),
+        click.option("--no-cache", is_flag=True, help="Do not reuse LLM calls from $PROMPTMII_HOME/cache.sqlite."),
+        click.option(
+            "--format",
+            "fmt",
+            type=click.Choice(FORMATS),
+            default=None,
+            help="Output format [table on a terminal, else jsonl].",
+        ),
+        click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+@main.command(name="induce", context_settings=CONTEXT)
+@click.argument("data")
+@click.option("--text-col", default=None, help="Text column(s), comma-separated for sentence pairs [auto].")
+@click.option("--label-col", default=None, help="Label column [auto].")
+@click.option("--n", default=20, show_default=True, help="Labelled examples shown to the generator.")
+@click.option("--m", default=50, show_default=True, help="Held-out rows scored per method.")
+@click.option("--methods", default="naive,icl,promptmii-zero", show_default=True, help="Methods to score against.")
+@click.option("--no-eval", is_flag=True, help="Only write the instruction (one generator call).")
+@click.option("-o", "--output", default=None, help="Results directory [runs/induce-<data name>].")
+@_common_model_options
+def induce_cmd(
+    data: str,
+    text_col: str | None,
+    label_col: str | None,
+    n: int,
+    m: int,
+    methods: str,
+    no_eval: bool,
+    output: str | None,
+    **opts: Any,
+) -> None:
+    """Write an instruction for the task in DATA and score it against Naive and ICL on held-out rows.
+
+    DATA is a CSV/JSONL file with a text and a label column, or hf:NAME for a Hugging Face dataset.
+    The generator sees n rows; m other rows are scored by the follower for every method.
+
+    Example:
+
+        promptmii induce examples/support_tickets.csv --n 20 --m 50
+    """
+    with _errors_as_one_line():
+        config = _eval_config(opts, methods=methods, n=n, m=m)
+        [task] = load_tasks(
+            data, text_col=text_col, label_col=label_col, test_size=m, min_train=config.max_shots, seed=config.seed
+        )
+        backends = Backends(config)
+        if no_eval:
+            shots, _ = draw(task, n, 0, config.seed)
+            role = "generator" if config.generator else "base_generator"
+            induce_config = InduceConfig(
+                template=config.template, max_tokens=config.max_instruction_tokens, seed=config.seed
+            )
+            instruction = induce(shots, task.labels, backends.get(role), induce_config)
+            if instruction.error:
+                raise PromptMIIError(f"the generator call failed: {instruction.error}")
+            click.echo(instruction.text)
+            return
+        out = ResultsDir(Path(output or f"runs/induce-{task.id}"))
+        run_eval([task], config, out, backends=backends, quiet=opts["quiet"])
+        rows = _requested_rows(out, [task.id], config)
+        fmt = opts["fmt"] or ("table" if sys.stdout.isatty() else "jsonl")
+        _emit(rows, fmt, show_task=False)
+        instruction = next((r.instruction for r in rows if r.method in ("promptmii", "promptmii-zero")), None)
+        if fmt == "table" and instruction is not None:
+            click.echo(f"\nInstruction ({config.generator or config.base_generator}):\n\n{instruction}")
+        click.echo(f"\nrows: {out.results_path}  samples: {out.samples_path}", err=True)
+
+
+@main.command(name="eval", context_settings=CONTEXT)
+@click.option("--tasks", "tasks_source", required=True, help="Corpus directory, CSV/JSONL file, or hf:NAME.")
+@click.option("--split", default=None, help="Corpus split: train, validation or test.")
+@click.option("--task-ids", default=None, help="Comma-separated task ids to keep.")
+@click.option("--text-col", default=None, help="Text column(s) for a single file.")
+@click.option("--label-col", default=None, help="Label column for a single file.")
+@click.option(
+    "--methods",
+    default="naive,icl,promptmii-zero",
+    show_default=True,
+    help="naive, icl[:K], promptmii-zero, promptmii.",
+)
+@click.option("--n", default=20, show_default=True, help="Labelled examples shown to the generator (icl's default K).")
+@click.option("--m", default=100, show_default=True, help="Held-out examples scored per task.")
+@click.option(
+    "-o", "--output", default="runs/eval", show_default=True, help="Results directory (resumed if it exists)."
+)
+@_common_model_options
+def eval_cmd(
+    tasks_source: str,
+    split: str | None,
+    task_ids: str | None,
+    text_col: str | None,
+    label_col: str | None,
+    methods: str,
+    n: int,
+    m: int,
+    output: str,
+    **opts: Any,
+) -> None:
+    """Score methods on many tasks with one follower; rows land in OUTPUT/results.jsonl as they finish.
+
+    A killed run resumes where it stopped: rows already in OUTPUT are skipped.
+
+    Example:
+
+        promptmii eval --tasks ../shared/corpus --split test --methods naive,icl:20,icl:100,promptmii-zero --n 20 --m 100
+    """
+    with _errors_as_one_line():
+        config = _eval_config(opts, methods=methods, n=n, m=m)
+        ids = [t.strip() for t in task_ids.split(",")] if task_ids else None
+        tasks = load_tasks(
+            tasks_source,
+            split=split,
+            task_ids=ids,
+            text_col=text_col,
+            label_col=label_col,
+            test_size=m,
+            min_train=config.max_shots,
+            seed=config.seed,
+        )
+        out = ResultsDir(Path(output))
+        run_eval(tasks, config, out, quiet=opts["quiet"])
+        rows = _requested_rows(out, [t.id for t in tasks], config)
+        fmt = opts["fmt"] or ("table" if sys.stdout.isatty() else "jsonl")
+        _emit(rows, fmt, show_task=True)
+        if fmt == "table" and len(tasks) > 1:
+            click.echo("\nMean over tasks:")
+            click.echo(
+                format_table(
+                    mean_by_method(rows), [c for c in TABLE_COLUMNS if c[0] != "task"] + [("tasks", "tasks", "{}")]
+                )
+            )
+
+
+@main.command(name="models", context_settings=CONTEXT)
+@click.option("--prepare", is_flag=True, help="Assemble and verify the bundled model files now.")
+@click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Output format.")
+def models_cmd(prepare: bool, fmt: str | None) -> None:
+    """List the bundled models: installed parts, assembled file, path.
+
+    Example:
+
+        promptmii models --prepare
+    """
+    with _errors_as_one_line():
+        if prepare:
+            for row in models.available():
+                if row["installed"]:
+                    models.ensure_bundled(str(row["name"]))
+        rows = models.available()
+        fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
+        columns = [(k, k, "{}") for k in ("name", "installed", "assembled", "size_mb", "path", "note")]
+        click.echo(_render(rows, fmt, columns))
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _eval_config(opts: dict[str, Any], *, methods: str, n: int, m: int) -> EvalConfig:
+    return EvalConfig(
+        methods=tuple(x.strip() for x in methods.split(",") if x.strip()),
+        n=n,
+        m=m,
+        follower=opts["follower"],
+        base_generator=opts["base_generator"],
+        generator=opts["generator"],
+        template=opts["template"],
+        max_instruction_tokens=opts["max_instruction_tokens"],
+        seed=opts["seed"],
+        cache=not opts["no_cache"],
+    )
+
+
+def _requested_rows(out: ResultsDir, task_ids: list[str], config: EvalConfig) -> list[Result]:
+    """The rows of this command's (tasks x methods), whether computed now or found done, newest wins."""
+    wanted = {(t, m) for t in task_ids for m in config.methods}
+    latest: dict[tuple[str, str], Result] = {}
+    for row in read_results(out.results_path):
+        if (
+            (row.task, row.method) in wanted
+            and row.config.get("seed") == config.seed
+            and row.config.get("m") == config.m
+        ):
+            latest[(row.task, row.method)] = row
+    order = {key: i for i, key in enumerate((t, m) for t in task_ids for m in config.methods)}
+    return sorted(latest.values(), key=lambda r: order[(r.task, r.method)])
+
+
+def _emit(rows: list[Result], fmt: str, *, show_task: bool) -> None:
+    columns = [c for c in TABLE_COLUMNS if show_task or c[0] != "task"]
+    click.echo(_render([asdict(r) for r in rows], fmt, columns))
+
+
+def _render(rows: list[dict[str, Any]], fmt: str, columns: list[tuple[str, str, str]]) -> str:
+    if fmt == "json":
+        return json.dumps(rows, indent=2, ensure_ascii=False)
+    if fmt == "jsonl":
+        return "\n".join(json.dumps(r, ensure_ascii=False) for r in rows)
+    if fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=[c[0] for c in columns], extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return buffer.getvalue().rstrip("\n")
+    return format_table(rows, columns)
+
+
+def format_table(rows: list[dict[str, Any]], columns: list[tuple[str, str, str]]) -> str:
+    """A plain aligned text table: (key, header, format) per column."""
+    cells = [[header for _, header, _ in columns]]
+    cells += [
+        [fmt.format(row.get(key)) if row.get(key) is not None else "-" for key, _, fmt in columns] for row in rows
+    ]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    lines = ["  ".join(cell.ljust(widths[i]) for i, cell in enumerate(line)).rstrip() for line in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+class _errors_as_one_line:  # noqa: N801 (used like a function: `with _errors_as_one_line():`)
+    """PromptMIIError -> `Error: <one line>` and exit 1; Ctrl-C -> exit 130 (rows written so far are kept)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type | None, error: BaseException | None, _tb: object) -> bool:
+        if isinstance(error, PromptMIIError):
+            raise Failure(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+        if isinstance(error, KeyboardInterrupt):
+            click.echo("\ninterrupted: finished rows are saved; run the same command again to resume", err=True)
+            sys.exit(130)
+        return False

@@ -1,0 +1,377 @@
+"""Labelled examples in, `Task` records out: CSV/JSONL files, corpus directories and HF datasets.
+
+Every source ends up as the same `Task` (labels, a train side to draw the n shown examples from, a
+test side to draw the m scored examples from), so the rest of the pipeline never asks where data came
+from. Loading is offline first; a Hugging Face dataset goes through the real `datasets` code path and
+works from a local path or the local cache.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import random
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from promptmii.errors import DataError
+
+# Column names we accept without being told. Order matters: the first match wins.
+TEXT_COLUMNS = ("text", "sentence", "input", "review", "content", "tweet", "utterance", "query", "document")
+LABEL_COLUMNS = ("label", "labels", "class", "category", "intent", "target", "sentiment", "aspect", "y")
+# Sentence-pair datasets keep both sides, joined the way ../shared/corpus joins them.
+PAIR_COLUMNS = (
+    ("sentence1", "sentence2"),
+    ("premise", "hypothesis"),
+    ("question1", "question2"),
+    ("question", "sentence"),
+    ("text_a", "text_b"),
+    ("sentence_a", "sentence_b"),
+)
+FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: str
+
+
+@dataclass(frozen=True)
+class Task:
+    """One classification task: its label set and two disjoint pools of labelled examples."""
+
+    id: str
+    labels: tuple[str, ...]
+    train: tuple[Example, ...]  # the n examples shown to a generator (or as ICL shots) come from here
+    test: tuple[Example, ...]  # the m scored examples come from here
+    split: str = ""  # meta split in a corpus: train / validation / test ("" for a user's file)
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def load_tasks(
+    source: str,
+    *,
+    split: str | None = None,
+    task_ids: list[str] | None = None,
+    text_col: str | None = None,
+    label_col: str | None = None,
+    test_size: int = 100,
+    min_train: int = 1,
+    seed: int = 0,
+) -> list[Task]:
+    """Load tasks from a corpus directory, a CSV/JSONL file or a Hugging Face dataset.
+
+    `source` is a corpus directory (tasks.jsonl + instances/), a file, a `datasets.save_to_disk`
+    directory, or `hf:NAME[:CONFIG]`. A single file or dataset is split (seeded) into `test_size`
+    scored rows and the rest; `min_train` rows must remain for the shots.
+    """
+    path = Path(source)
+    if source.startswith("hf:") or (path.is_dir() and _is_saved_hf_dataset(path)):
+        name = source[3:] if source.startswith("hf:") else source
+        return [
+            load_hf_task(
+                name, text_col=text_col, label_col=label_col, test_size=test_size, min_train=min_train, seed=seed
+            )
+        ]
+    if path.is_dir():
+        return load_corpus(path, split=split, task_ids=task_ids)
+    if path.suffix.lower() in FILE_SUFFIXES or path.exists():
+        return [
+            load_file_task(
+                path, text_col=text_col, label_col=label_col, test_size=test_size, min_train=min_train, seed=seed
+            )
+        ]
+    raise DataError(f"{source}: no such file or directory (give a CSV/JSONL file, a corpus directory or hf:NAME)")
+
+
+# ---------------------------------------------------------------- corpus directories
+
+
+def load_corpus(root: Path, *, split: str | None = None, task_ids: list[str] | None = None) -> list[Task]:
+    """Read a corpus in the format of ../shared/corpus: tasks.jsonl plus instances/<id>.{train,test}.jsonl."""
+    index = root / "tasks.jsonl"
+    if not index.is_file():
+        raise DataError(f"{root}: not a corpus directory (no tasks.jsonl) and not a dataset file")
+    records = [json.loads(line) for line in _read_text(index).splitlines() if line.strip()]
+    if split:
+        splits = sorted({r.get("split", "") for r in records})
+        if split not in splits:
+            raise DataError(f"{root}: no tasks in split '{split}'; splits are: {', '.join(splits)}")
+        records = [r for r in records if r.get("split") == split]
+    if task_ids:
+        known = {r["id"] for r in records}
+        missing = [t for t in task_ids if t not in known]
+        if missing:
+            hint = _did_you_mean(missing[0], known)
+            raise DataError(f"{root}: unknown task '{missing[0]}'{hint}")
+        records = [r for r in records if r["id"] in set(task_ids)]
+    tasks = []
+    for record in records:
+        sides = {}
+        for side in ("train", "test"):
+            file = root / "instances" / f"{record['id']}.{side}.jsonl"
+            if not file.is_file():
+                raise DataError(f"{file}: missing instances file for task '{record['id']}'")
+            rows = [json.loads(line) for line in _read_text(file).splitlines() if line.strip()]
+            sides[side] = tuple(Example(str(r["text"]), str(r["label"])) for r in rows)
+        labels = tuple(str(label) for label in record["labels"])
+        validate_examples(sides["train"] + sides["test"], source=f"{root.name}/{record['id']}", labels=labels)
+        meta = {k: v for k, v in record.items() if k not in ("id", "labels", "split")}
+        tasks.append(Task(record["id"], labels, sides["train"], sides["test"], record.get("split", ""), meta))
+    return tasks
+
+
+# ---------------------------------------------------------------- single files
+
+
+def load_file_task(
+    path: Path,
+    *,
+    text_col: str | None = None,
+    label_col: str | None = None,
+    test_size: int = 100,
+    min_train: int = 1,
+    seed: int = 0,
+) -> Task:
+    """Load one CSV/TSV/JSONL file as a task, split (seeded) into shown rows and `test_size` scored rows."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    text = _read_text(path)
+    if not text.strip():
+        raise DataError(f"{path}: the file is empty")
+    rows = _parse_rows(path, text)
+    if not rows:
+        raise DataError(f"{path}: no data rows (only a header?)")
+    examples = rows_to_examples(rows, source=str(path), text_col=text_col, label_col=label_col)
+    return split_task(path.stem, examples, source=str(path), test_size=test_size, min_train=min_train, seed=seed)
+
+
+def _parse_rows(path: Path, text: str) -> list[dict[str, Any]]:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        stripped = text.lstrip()
+        if suffix == ".json" and stripped.startswith("["):
+            rows = json.loads(stripped)
+        else:
+            rows = []
+            for number, line in enumerate(text.splitlines(), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise DataError(f"{path}: line {number} is not valid JSON ({e.msg})") from None
+        if not all(isinstance(r, dict) for r in rows):
+            raise DataError(f'{path}: every JSON line must be an object like {{"text": ..., "label": ...}}')
+        return rows
+    dialect = csv.excel_tab if suffix == ".tsv" else csv.excel
+    return list(csv.DictReader(io.StringIO(text), dialect=dialect))
+
+
+def rows_to_examples(
+    rows: list[dict[str, Any]], *, source: str, text_col: str | None = None, label_col: str | None = None
+) -> list[Example]:
+    """Pick the text column(s) and the label column, then build Examples (pairs joined into one text)."""
+    columns = list(rows[0].keys())
+    label_col = label_col or _detect_label_column(columns, rows, source)
+    _require_columns(source, columns, [label_col], "--label-col")
+    text_cols = text_col.split(",") if text_col else _detect_text_columns(columns, label_col, rows, source)
+    _require_columns(source, columns, text_cols, "--text-col")
+    examples = []
+    for number, row in enumerate(rows, start=1):
+        label = row.get(label_col)
+        if label is None or str(label).strip() == "":
+            raise DataError(f"{source}: row {number} has an empty label in column '{label_col}'")
+        values = [str(row.get(c) or "") for c in text_cols]
+        text = values[0] if len(values) == 1 else join_fields(list(zip(text_cols, values, strict=True)))
+        if not text.strip():
+            raise DataError(f"{source}: row {number} has an empty text in column '{', '.join(text_cols)}'")
+        examples.append(Example(text, str(label).strip()))
+    return examples
+
+
+def join_fields(fields: list[tuple[str, str]]) -> str:
+    """Join a sentence pair as the corpus does: 'Sentence 1: ...' newline 'Sentence 2: ...'."""
+    return "\n".join(f"{_pretty_field(name)}: {value}" for name, value in fields)
+
+
+def _pretty_field(name: str) -> str:
+    words = re.sub(r"(\d+)$", r" \1", name.replace("_", " ")).split()
+    return " ".join(w.capitalize() for w in words)
+
+
+def _require_columns(source: str, columns: list[str], wanted: list[str], flag: str) -> None:
+    for column in wanted:
+        if column not in columns:
+            hint = _did_you_mean(column, columns)
+            raise DataError(
+                f"{source}: column '{column}' not found{hint}; columns are: {', '.join(columns)} (use {flag})"
+            )
+
+
+def _detect_label_column(columns: list[str], rows: list[dict[str, Any]], source: str) -> str:
+    lowered = {c.lower(): c for c in columns}
+    for name in LABEL_COLUMNS:
+        if name in lowered:
+            return lowered[name]
+    if len(columns) == 2:  # two columns: the one with fewer distinct values is the label
+        return min(columns, key=lambda c: len({str(r.get(c)) for r in rows}))
+    raise DataError(
+        f"{source}: cannot tell which column is the label; columns are: {', '.join(columns)} (use --label-col)"
+    )
+
+
+def _detect_text_columns(columns: list[str], label_col: str, rows: list[dict[str, Any]], source: str) -> list[str]:
+    lowered = {c.lower(): c for c in columns}
+    for first, second in PAIR_COLUMNS:
+        if first in lowered and second in lowered:
+            return [lowered[first], lowered[second]]
+    for name in TEXT_COLUMNS:
+        if name in lowered and lowered[name] != label_col:
+            return [lowered[name]]
+    others = [c for c in columns if c != label_col]
+    if len(others) == 1:
+        return others
+    raise DataError(
+        f"{source}: cannot tell which column is the text; columns are: {', '.join(columns)} (use --text-col)"
+    )
+
+
+# ---------------------------------------------------------------- Hugging Face datasets
+
+
+def load_hf_task(
+    name: str,
+    *,
+    text_col: str | None = None,
+    label_col: str | None = None,
+    test_size: int = 100,
+    min_train: int = 1,
+    seed: int = 0,
+) -> Task:
+    """Load a Hugging Face dataset (hub name, local path or `save_to_disk` directory) as one task.
+
+    `name` may carry a config as `NAME:CONFIG`. Offline this works from a local directory or the local
+    cache (set HF_DATASETS_OFFLINE=1). ClassLabel ids become their names, in ClassLabel order.
+    """
+    import datasets  # heavy import, only when a dataset is asked for
+
+    path = Path(name)
+    try:
+        if path.is_dir() and _is_saved_hf_dataset(path):
+            loaded = datasets.load_from_disk(str(path))
+        else:
+            dataset_name, _, config = name.partition(":") if not path.exists() else (name, "", "")
+            loaded = datasets.load_dataset(dataset_name, config or None)
+    except (FileNotFoundError, ValueError, ConnectionError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{name}: cannot load dataset ({first_line})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        split_name = "train" if "train" in loaded else next(iter(loaded))
+        loaded = loaded[split_name]
+    rows = list(loaded)
+    if not rows:
+        raise DataError(f"{name}: the dataset has no rows")
+    label_col = label_col or _detect_label_column(list(rows[0].keys()), rows, name)
+    feature = loaded.features.get(label_col)
+    if isinstance(feature, datasets.ClassLabel):
+        rows = [{**r, label_col: feature.int2str(r[label_col])} for r in rows]
+    examples = rows_to_examples(rows, source=name, text_col=text_col, label_col=label_col)
+    task_id = path.name if path.exists() else name.replace("/", "__").replace(":", "__")
+    labels = tuple(feature.names) if isinstance(feature, datasets.ClassLabel) else None
+    return split_task(
+        task_id, examples, source=name, test_size=test_size, min_train=min_train, seed=seed, labels=labels
+    )
+
+
+def _is_saved_hf_dataset(path: Path) -> bool:
+    return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+
+
+# ---------------------------------------------------------------- splitting, sampling, validation
+
+
+def split_task(
+    task_id: str,
+    examples: list[Example],
+    *,
+    source: str,
+    test_size: int,
+    min_train: int,
+    seed: int,
+    labels: tuple[str, ...] | None = None,
+) -> Task:
+    """Seeded split of one pool of rows into a train side and `test_size` held-out rows."""
+    if len(examples) < test_size + min_train:
+        raise DataError(
+            f"{source}: {len(examples)} rows, but n={min_train} shown examples + m={test_size} held-out rows "
+            f"need {test_size + min_train} (lower --n or --m)"
+        )
+    labels = labels or tuple(sorted({e.label for e in examples}))
+    validate_examples(examples, source=source, labels=labels)
+    shuffled = list(examples)
+    random.Random(f"{seed}/{task_id}/split").shuffle(shuffled)
+    return Task(task_id, labels, tuple(shuffled[test_size:]), tuple(shuffled[:test_size]), meta={"source": source})
+
+
+def validate_examples(examples: tuple[Example, ...] | list[Example], *, source: str, labels: tuple[str, ...]) -> None:
+    """Reject what no classifier can learn from: no rows, one label, labels that collide, unknown labels."""
+    if not examples:
+        raise DataError(f"{source}: no examples")
+    counts = Counter(e.label for e in examples)
+    if len(counts) < 2:
+        only = next(iter(counts))
+        raise DataError(f"{source}: only one label ('{only}') in {len(examples)} rows; a classifier needs at least two")
+    folded = Counter(label.strip().casefold() for label in labels)
+    clash = [label for label in labels if folded[label.strip().casefold()] > 1]
+    if clash:
+        raise DataError(f"{source}: labels {clash} differ only in case or spaces; replies could not tell them apart")
+    unknown = sorted(set(counts) - set(labels))
+    if unknown:
+        raise DataError(f"{source}: labels {unknown[:5]} are not in the task's label list {list(labels)}")
+
+
+def draw(task: Task, n: int, m: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """The n shown examples and the m scored examples, seeded per task.
+
+    Shots are prefixes of one seeded shuffle of the train side, so n=20 is a subset of n=100 (the
+    reference's nested subsets, REFERENCE.md A2) and icl:20 sees the same rows as promptmii n=20.
+    The test side is capped at its size: callers record the m actually used.
+    """
+    if n > len(task.train):
+        raise DataError(
+            f"{task.id}: n={n} shown examples requested but the train side has {len(task.train)} (lower --n)"
+        )
+    train = list(task.train)
+    random.Random(f"{seed}/{task.id}/shots").shuffle(train)
+    test = list(task.test)
+    random.Random(f"{seed}/{task.id}/test").shuffle(test)
+    return train[:n], test[:m]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{path}: not valid UTF-8 (byte 0x{data[e.start]:02x} at offset {e.start}); re-save the file as UTF-8"
+        ) from None
+
+
+def _did_you_mean(name: str, choices: Any) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -1,0 +1,21 @@
+"""Error types: every bad input becomes one readable line that names the problem and the fix.
+
+The CLI turns any `PromptMIIError` into a single `Error: ...` line and exit code 1 (STYLE.md 3.8).
+Failures of a single example are not errors: they score as INVALID and the run goes on.
+"""
+
+
+class PromptMIIError(Exception):
+    """Base class for every error a user can fix by changing their input or setup."""
+
+
+class DataError(PromptMIIError):
+    """The labelled examples cannot be used (empty, one label, missing column, bad encoding...)."""
+
+
+class BackendError(PromptMIIError):
+    """A model backend cannot be built or has stopped answering (systemic: the run stops)."""
+
+
+class ModelFileError(BackendError):
+    """A model file is missing, partial or corrupt."""

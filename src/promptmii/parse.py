@@ -1,0 +1,65 @@
+"""Pure parsers: a generator's reply -> instruction, a follower's reply -> label or INVALID.
+
+Every macro-F1 we publish goes through `parse_label`, so it is strict and symmetric: it forgives
+only formatting (case, surrounding whitespace, quotes or markdown emphasis, trailing punctuation, a
+'Label:' prefix, text after the first line) and never guesses. A reply naming two labels, or a label
+inside a sentence, is INVALID. INVALID is its own outcome and is never folded into a real label (the
+reference maps it to label 0 and so can score it correct by chance; REFERENCE.md A3).
+"""
+
+from __future__ import annotations
+
+import re
+
+INVALID = "<INVALID>"
+
+_PREFIX = re.compile(r"^(?:label|answer|category|class|output)\s*[:=-]\s*", re.IGNORECASE)
+_WRAPPERS = "\"'`*_\u201c\u201d\u2018\u2019\u300c\u300d[]()<> \t"  # quotes (curly too), markdown, brackets
+_TRAILING = ".,;:!?"
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+_FENCE = re.compile(r"^```[a-zA-Z]*\n(.*?)\n?```$", re.DOTALL)
+# "Instruction:", "**Guidelines:**", "## Instructions" (own line) ahead of the text itself
+_HEADER = re.compile(
+    r"^(?:#+\s*)?(?:\*\*)?(?:instructions?|guidelines)(?:\*\*)?(?:\s*:\s*(?:\*\*)?\s*|\s*\n)", re.IGNORECASE
+)
+
+
+def normalize(text: str) -> str:
+    """Casefold and strip the formatting a follower may wrap a label in."""
+    text = text.strip()
+    previous = None
+    while text != previous:
+        previous = text
+        text = _PREFIX.sub("", text).strip(_WRAPPERS).rstrip(_TRAILING).strip(_WRAPPERS)
+    return " ".join(text.split()).casefold()
+
+
+def parse_label(reply: str, labels: tuple[str, ...] | list[str]) -> str:
+    """The label a follower's reply names, or INVALID.
+
+    >>> parse_label('  "Positive."', ["negative", "positive"])
+    'positive'
+    >>> parse_label("positive or negative", ["negative", "positive"])
+    '<INVALID>'
+    """
+    by_form = {normalize(label): label for label in labels}
+    lines = [line for line in reply.splitlines() if line.strip()]
+    if not lines:
+        return INVALID
+    for candidate in (reply, lines[0]):
+        label = by_form.get(normalize(candidate))
+        if label is not None:
+            return label
+    return INVALID
+
+
+def extract_instruction(reply: str) -> str:
+    """The instruction inside a generator's reply: drop think blocks, a code fence, an 'Instruction:' header."""
+    text = _THINK.sub("", reply).strip()
+    fenced = _FENCE.match(text)
+    if fenced:
+        text = fenced.group(1).strip()
+    text = _HEADER.sub("", text, count=1).strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1].strip()
+    return text

@@ -1,0 +1,73 @@
+"""Render every prompt the method sends: meta-prompt, follower prompt, Naive and ICL prefixes.
+
+Pure functions of strings (plus the meta-prompt templates shipped as package data). One example
+format is used everywhere, for the generator's examples and for ICL shots alike; the reference used
+`Text: "..."` in training and `Input: ...` at evaluation (REFERENCE.md A2), we do not.
+
+Every follower prompt has the same shape (REFERENCE.md A3), one user message:
+
+    {prefix}                      <- instruction, Naive line, or ICL shots; shared by all queries
+    {format constraint}
+    Input: {text}                 <- the only part that changes per query
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+
+from promptmii.backends import Chat
+from promptmii.data import Example
+from promptmii.errors import PromptMIIError
+
+TEMPLATES = ("structured", "terse")
+# The paper found the structured meta-prompt better for Qwen and the terse one for Llama (REFERENCE.md
+# A10); our bundled models are Qwen, so structured is the default.
+DEFAULT_TEMPLATE = "structured"
+NAIVE_INSTRUCTION = "Classify the input."
+ICL_CLOSING = "Now classify the next input."
+
+
+def meta_template(name: str) -> str:
+    """The text of a meta-prompt template shipped in promptmii/templates/<name>.txt."""
+    if name not in TEMPLATES:
+        close = difflib.get_close_matches(name, TEMPLATES, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        raise PromptMIIError(f"unknown meta-prompt template '{name}'{hint}; templates are: {', '.join(TEMPLATES)}")
+    return resources.files("promptmii").joinpath(f"templates/{name}.txt").read_text(encoding="utf-8")
+
+
+def label_list(labels: tuple[str, ...] | list[str]) -> str:
+    """Labels as one line. A label with a comma would make ', ' ambiguous, so then use '; '."""
+    separator = "; " if any("," in label for label in labels) else ", "
+    return separator.join(labels)
+
+
+def format_examples(examples: list[Example]) -> str:
+    """The one example format: 'Input: <text>' newline 'Label: <label>', blank line between examples."""
+    return "\n\n".join(f"Input: {e.text}\nLabel: {e.label}" for e in examples)
+
+
+def meta_prompt(template: str, examples: list[Example], labels: tuple[str, ...] | list[str]) -> Chat:
+    """The generator's prompt: the template filled with the label list and the n examples."""
+    content = template.replace("{labels}", label_list(labels)).replace("{examples}", format_examples(examples))
+    return [{"role": "user", "content": content}]
+
+
+def format_constraint(labels: tuple[str, ...] | list[str]) -> str:
+    """The fixed answer-format line appended after every prefix (the reference's `custom_line`)."""
+    return (
+        f"Answer with exactly one of these labels: {label_list(labels)}. "
+        'Reply with the label only, without explanation and without a "Label:" prefix.'
+    )
+
+
+def follower_prompt(prefix: str, labels: tuple[str, ...] | list[str], text: str) -> Chat:
+    """Prefix + format constraint + the input, as one user message (no system message, no 'Label:' cue)."""
+    head = f"{prefix.strip()}\n\n" if prefix.strip() else ""
+    return [{"role": "user", "content": f"{head}{format_constraint(labels)}\n\nInput: {text}"}]
+
+
+def icl_prefix(shots: list[Example]) -> str:
+    """The ICL prefix: the shots in the one example format, then a line that asks for the next one."""
+    return f"{format_examples(shots)}\n\n{ICL_CLOSING}"

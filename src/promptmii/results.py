@@ -1,0 +1,204 @@
+"""The one Result record, its JSONL files, done-keys for resume, and means over rows.
+
+results.jsonl holds one Result per (task, method, n, seed, models), appended and fsynced as soon as it
+is done; samples.jsonl holds the per-example rows. A result row is written after its samples, so a
+row's presence means its samples are complete: on resume, samples without a result row are dropped.
+Tables, plots, bench/ and reports read these files and nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+import uuid
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from promptmii.errors import PromptMIIError
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Result:
+    task: str
+    method: str  # method spec: naive, icl:20, promptmii-zero, ...
+    n_shots: int  # examples requested (icl:k -> k; others: the run's n)
+    n_shots_used: int  # examples actually in the prompt (ICL may drop shots to fit the context)
+    seed: int
+    m: int  # test examples scored
+    follower: str
+    generator: str | None
+    macro_f1: float
+    accuracy: float
+    invalid_rate: float
+    prompt_tokens_per_query: int  # follower tokens of the shared prefix, chat template included
+    follower_prompt_tokens: int
+    follower_completion_tokens: int
+    generator_prompt_tokens: int
+    generator_completion_tokens: int
+    generator_calls: int
+    follower_calls: int
+    llm_calls: int
+    cache_hits: int
+    seconds: float
+    instruction: str
+    warnings: list[str]
+    config: dict[str, Any]
+    fingerprint: str  # hash of everything that decides the numbers; with task and method, the done-key
+    run_id: str = ""
+    promptmii_version: str = ""
+    git_sha: str | None = None
+    created_at: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.task, self.method, self.fingerprint)
+
+
+@dataclass(frozen=True)
+class Sample:
+    task: str
+    method: str
+    fingerprint: str
+    index: int
+    text: str
+    gold: str
+    reply: str
+    prediction: str
+    error: str | None = None
+    run_id: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def fingerprint(**settings: Any) -> str:
+    """Short sha256 of the settings that decide a row's numbers (models, n, m, seed, template...).
+
+    Two runs that differ in any of them never mistake each other's rows for done.
+    """
+    blob = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def new_run_id() -> str:
+    return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+
+
+def git_sha() -> str | None:
+    """The commit of the promptmii checkout, if it is one (recorded in every row)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+class ResultsDir:
+    """results.jsonl + samples.jsonl in one directory, appended as work finishes, resumable."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+        self.results_path = directory / "results.jsonl"
+        self.samples_path = directory / "samples.jsonl"
+        directory.mkdir(parents=True, exist_ok=True)
+        self._drop_orphan_samples()
+
+    def done_keys(self) -> set[tuple]:
+        return {r.key for r in read_results(self.results_path)} if self.results_path.exists() else set()
+
+    def append(self, result: Result, samples: list[Sample]) -> None:
+        _append_lines(self.samples_path, [asdict(s) for s in samples])
+        _append_lines(self.results_path, [asdict(result)])
+
+    def _drop_orphan_samples(self) -> None:
+        """Samples of a task whose result row never landed (the process died) would double on resume."""
+        if not self.samples_path.exists():
+            return
+        done = self.done_keys()
+        lines = self.samples_path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = []
+        for line in lines:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a half-written last line
+            if (row["task"], row["method"], row["fingerprint"]) in done:
+                kept.append(line if line.endswith("\n") else line + "\n")
+        if len(kept) != len(lines):
+            atomic_write(self.samples_path, "".join(kept))
+
+
+def read_results(path: Path) -> list[Result]:
+    """Rows of a results.jsonl; a half-written last line (a crash mid-write) is skipped."""
+    if not path.exists():
+        raise PromptMIIError(f"{path}: no such results file")
+    known = {f.name for f in fields(Result)}
+    rows = []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                continue
+            raise PromptMIIError(f"{path}: line {number} is not valid JSON") from None
+        if row.get("schema_version") != SCHEMA_VERSION:
+            raise PromptMIIError(
+                f"{path}: line {number} has schema_version {row.get('schema_version')}, this promptmii reads {SCHEMA_VERSION}"
+            )
+        missing = known - set(row) - {"run_id", "promptmii_version", "git_sha", "created_at", "schema_version"}
+        if missing:
+            raise PromptMIIError(f"{path}: line {number} lacks fields {sorted(missing)}")
+        rows.append(Result(**{k: v for k, v in row.items() if k in known}))
+    return rows
+
+
+def mean_by_method(results: list[Result]) -> list[dict[str, Any]]:
+    """One row per method spec: means over tasks of the headline numbers, in first-seen order."""
+    groups: dict[str, list[Result]] = {}
+    for r in results:
+        groups.setdefault(r.method, []).append(r)
+    rows = []
+    for method, group in groups.items():
+        rows.append(
+            {
+                "method": method,
+                "tasks": len(group),
+                "macro_f1": _mean(r.macro_f1 for r in group),
+                "accuracy": _mean(r.accuracy for r in group),
+                "invalid_rate": _mean(r.invalid_rate for r in group),
+                "prompt_tokens_per_query": _mean(r.prompt_tokens_per_query for r in group),
+                "llm_calls": _mean(r.llm_calls for r in group),
+                "seconds": _mean(r.seconds for r in group),
+            }
+        )
+    return rows
+
+
+def _mean(values: Any) -> float:
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
+
+
+def _append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a .tmp file and os.replace, so readers never see half a file."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)

@@ -1,0 +1,75 @@
+"""Shared fixtures: an isolated PROMPTMII_HOME per test, small tasks, fake backends in the registry."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from promptmii import backends
+from promptmii.data import Example, Task
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_CORPUS = REPO.parent / "shared" / "corpus"
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One models directory for the whole session: the bundled GGUF is assembled at most once."""
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(autouse=True)
+def promptmii_home(tmp_path: Path, model_store: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "home"
+    home.mkdir()
+    os.symlink(model_store, home / "models")
+    monkeypatch.setenv("PROMPTMII_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def register_backend(monkeypatch: pytest.MonkeyPatch):
+    """Put a backend under a spec string, so CLI commands can select it (`--follower fake:f`)."""
+
+    def register(spec: str, backend: object) -> str:
+        monkeypatch.setitem(backends._LOADED, spec, backend)
+        return spec
+
+    return register
+
+
+SENTIMENT_WORDS = {"great": "positive", "love": "positive", "awful": "negative", "hate": "negative"}
+
+
+def sentiment_examples(count: int, offset: int = 0) -> list[Example]:
+    words = list(SENTIMENT_WORDS.items())
+    return [Example(f"review {offset + i}: I {words[i % 4][0]} it", words[i % 4][1]) for i in range(count)]
+
+
+@pytest.fixture
+def sentiment_task() -> Task:
+    return Task(
+        "sentiment", ("negative", "positive"), tuple(sentiment_examples(40)), tuple(sentiment_examples(12, 100))
+    )
+
+
+def write_corpus(root: Path, tasks: list[Task]) -> Path:
+    """A corpus directory in the format of ../shared/corpus."""
+    (root / "instances").mkdir(parents=True)
+    with (root / "tasks.jsonl").open("w") as index:
+        for task in tasks:
+            record = {
+                "id": task.id,
+                "split": task.split or "test",
+                "labels": list(task.labels),
+                "n_train": len(task.train),
+            }
+            index.write(json.dumps(record) + "\n")
+            for side, rows in (("train", task.train), ("test", task.test)):
+                with (root / "instances" / f"{task.id}.{side}.jsonl").open("w") as f:
+                    for e in rows:
+                        f.write(json.dumps({"text": e.text, "label": e.label}) + "\n")
+    return root

@@ -1,0 +1,46 @@
+"""The SQLite call cache: keyed by model and params, never stores failures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fakes import FakeBackend
+from promptmii.backends import GenParams
+from promptmii.cache import CachedBackend, cache_key
+
+CHAT = [{"role": "user", "content": "hello"}]
+
+
+def test_second_call_is_served_from_the_cache(tmp_path: Path) -> None:
+    fake = FakeBackend(rule=lambda chat: "hi")
+    cached = CachedBackend(fake, tmp_path / "c.sqlite")
+    first = cached.generate([CHAT], GenParams())
+    again = CachedBackend(fake, tmp_path / "c.sqlite").generate([CHAT], GenParams())  # new process, same file
+    assert len(fake.calls) == 1
+    assert (again[0].text, again[0].cached, first[0].cached) == ("hi", True, False)
+
+
+def test_key_includes_model_params_and_sample_index() -> None:
+    base = cache_key("B", "model-a", CHAT, GenParams())
+    assert base != cache_key("B", "model-b", CHAT, GenParams())
+    assert base != cache_key("B", "model-a", CHAT, GenParams(temperature=1.0))
+    assert base != cache_key("B", "model-a", CHAT, GenParams(sample_index=1))
+    assert base == cache_key("B", "model-a", [dict(CHAT[0])], GenParams())
+
+
+def test_failures_are_not_cached(tmp_path: Path) -> None:
+    failing = {"on": True}
+    fake = FakeBackend(rule=lambda chat: "ok", fail_when=lambda chat: failing["on"])
+    cached = CachedBackend(fake, tmp_path / "c.sqlite")
+    assert cached.generate([CHAT], GenParams())[0].error == "fake failure"
+    failing["on"] = False
+    assert cached.generate([CHAT], GenParams())[0].text == "ok"
+    assert len(fake.calls) == 2
+
+
+def test_mixed_batch_keeps_order(tmp_path: Path) -> None:
+    fake = FakeBackend(rule=lambda chat: chat[0]["content"].upper())
+    cached = CachedBackend(fake, tmp_path / "c.sqlite")
+    cached.generate([[{"role": "user", "content": "b"}]], GenParams())
+    out = cached.generate([[{"role": "user", "content": x}] for x in "abc"], GenParams())
+    assert [g.text for g in out] == ["A", "B", "C"] and [g.cached for g in out] == [False, True, False]

@@ -1,0 +1,201 @@
+"""The CLI through click's CliRunner: outputs match the rows written, errors are one line + exit 1."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import SENTIMENT_WORDS, sentiment_examples, write_corpus
+from fakes import FakeBackend, keyword_rule
+from promptmii.cli import main
+from promptmii.data import Task
+from promptmii.results import read_results
+
+HINT = "Decide the sentiment from the words love, great, hate and awful."
+
+
+def write_examples(path: Path, count: int = 40) -> Path:
+    with path.open("w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["text", "label"])
+        for e in sentiment_examples(count):
+            writer.writerow([e.text, e.label])
+    return path
+
+
+@pytest.fixture
+def fakes(register_backend) -> dict[str, str]:
+    follower = FakeBackend("fake-follower", rule=keyword_rule(SENTIMENT_WORDS, "positive", needs="sentiment"))
+    generator = FakeBackend("fake-generator", rule=lambda chat: HINT)
+    return {
+        "follower": register_backend("fake:follower", follower),
+        "generator": register_backend("fake:generator", generator),
+    }
+
+
+def run(*args: str) -> object:
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_induce_prints_the_table_and_instruction(tmp_path: Path, fakes: dict[str, str]) -> None:
+    data = write_examples(tmp_path / "reviews.csv")
+    out = tmp_path / "out"
+    result = run(
+        "induce",
+        str(data),
+        "--n",
+        "8",
+        "--m",
+        "12",
+        "--follower",
+        fakes["follower"],
+        "--base-generator",
+        fakes["generator"],
+        "-o",
+        str(out),
+        "--format",
+        "table",
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["method", "macro-F1", "accuracy", "invalid", "tokens/query", "LLM", "calls", "seconds"]
+    rows = {r.method: r for r in read_results(out / "results.jsonl")}
+    for method, row in rows.items():
+        [line] = [line for line in lines if line.startswith(method + " ")]
+        assert line.split()[1:5] == [
+            f"{row.macro_f1:.3f}",
+            f"{row.accuracy:.3f}",
+            f"{row.invalid_rate:.3f}",
+            str(row.prompt_tokens_per_query),
+        ]
+    assert rows["promptmii-zero"].macro_f1 == 1.0 and rows["naive"].macro_f1 < 0.5
+    assert f"Instruction (fake:generator):\n\n{HINT}" in result.stdout
+
+
+def test_induce_jsonl_output_equals_the_rows_on_disk(tmp_path: Path, fakes: dict[str, str]) -> None:
+    data = write_examples(tmp_path / "reviews.csv")
+    out = tmp_path / "out"
+    result = run(
+        "induce",
+        str(data),
+        "--n",
+        "8",
+        "--m",
+        "12",
+        "--methods",
+        "naive,promptmii-zero",
+        "--follower",
+        fakes["follower"],
+        "--base-generator",
+        fakes["generator"],
+        "-o",
+        str(out),
+        "-q",
+    )
+    printed = [json.loads(line) for line in result.stdout.splitlines()]
+    on_disk = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert printed == on_disk and [p["method"] for p in printed] == ["naive", "promptmii-zero"]
+
+
+def test_induce_no_eval_makes_one_generator_call(tmp_path: Path, fakes: dict[str, str], register_backend) -> None:
+    generator = FakeBackend("g2", rule=lambda chat: f"Instruction: {HINT}")
+    spec = register_backend("fake:g2", generator)
+    result = run(
+        "induce",
+        str(write_examples(tmp_path / "r.csv")),
+        "--no-eval",
+        "--m",
+        "5",
+        "--base-generator",
+        spec,
+        "--no-cache",
+    )
+    assert result.stdout.strip() == HINT and len(generator.calls) == 1
+
+
+def test_eval_over_a_corpus_with_means_and_csv(tmp_path: Path, fakes: dict[str, str]) -> None:
+    tasks = [
+        Task("a", ("negative", "positive"), tuple(sentiment_examples(30)), tuple(sentiment_examples(10, 100)), "test"),
+        Task(
+            "b",
+            ("negative", "positive"),
+            tuple(sentiment_examples(30, 200)),
+            tuple(sentiment_examples(10, 300)),
+            "test",
+        ),
+    ]
+    corpus = write_corpus(tmp_path / "corpus", tasks)
+    args = [
+        "eval",
+        "--tasks",
+        str(corpus),
+        "--split",
+        "test",
+        "--methods",
+        "naive,icl:4",
+        "--n",
+        "4",
+        "--m",
+        "10",
+        "--follower",
+        fakes["follower"],
+        "-o",
+        str(tmp_path / "o"),
+    ]
+    table = run(*args, "--format", "table")
+    assert table.exit_code == 0 and "Mean over tasks:" in table.stdout
+    as_csv = run(*args, "--format", "csv")  # second run: everything is done, rows come from the file
+    rows = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert [(r["task"], r["method"]) for r in rows] == [("a", "naive"), ("a", "icl:4"), ("b", "naive"), ("b", "icl:4")]
+    assert len(read_results(tmp_path / "o" / "results.jsonl")) == 4
+
+
+def test_models_lists_bundled_models() -> None:
+    result = run("models", "--format", "json")
+    assert [m["name"] for m in json.loads(result.stdout)] == [
+        "qwen2.5-coder-1.5b-instruct",
+        "qwen2.5-coder-0.5b-instruct",
+    ]
+
+
+# ---------------------------------------------------------------- errors: one line, exit 1
+
+
+def error_line(*args: str) -> str:
+    result = run(*args)
+    assert result.exit_code == 1, result.output
+    [line] = result.output.strip().splitlines()
+    assert line.startswith("Error: ")
+    return line
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    (tmp_path / "empty.csv").write_text("")
+    assert error_line("induce", str(tmp_path / "empty.csv")).endswith("empty.csv: the file is empty")
+    data = str(write_examples(tmp_path / "r.csv"))
+    assert "unknown backend 'lamacpp' (did you mean 'llamacpp'?)" in error_line(
+        "induce", data, "--m", "5", "--no-eval", "--base-generator", "lamacpp:x"
+    )
+    assert "unknown model 'qwen'" in error_line(
+        "induce", data, "--m", "5", "--no-eval", "--base-generator", "llamacpp:qwen"
+    )
+    assert "n=20 shown examples + m=50 held-out rows need 70" in error_line("induce", data)
+    assert "unknown method 'icll'" in error_line("induce", data, "--methods", "icll")
+
+
+def test_corrupt_gguf_is_refused(tmp_path: Path) -> None:
+    pytest.importorskip("llama_cpp")
+    data = str(write_examples(tmp_path / "r.csv"))
+    (tmp_path / "junk.gguf").write_bytes(b"not a model at all")
+    assert "junk.gguf: not a GGUF file" in error_line(
+        "induce", data, "--m", "5", "--no-eval", "--base-generator", f"llamacpp:{tmp_path / 'junk.gguf'}"
+    )
+    (tmp_path / "cut.gguf").write_bytes(b"GGUF\x03\x00\x00\x00" + b"\x00" * 64)
+    assert "cut.gguf: llama.cpp cannot load this GGUF" in error_line(
+        "induce", data, "--m", "5", "--no-eval", "--base-generator", f"llamacpp:{tmp_path / 'cut.gguf'}"
+    )

@@ -1,0 +1,229 @@
+"""The pipeline above the backend, for real, with FakeBackend at the model boundary."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conftest import SENTIMENT_WORDS
+from fakes import FakeBackend, keyword_rule
+from promptmii import prompts
+from promptmii.baselines import parse_method
+from promptmii.data import Task, draw
+from promptmii.errors import BackendError, DataError, PromptMIIError
+from promptmii.evaluate import FOLLOWER_MAX_TOKENS
+from promptmii.experiment import Backends, EvalConfig, run_eval
+from promptmii.parse import INVALID
+from promptmii.results import ResultsDir, read_results
+
+HINT = "Decide the sentiment from the words love, great, hate and awful."
+
+
+def make_backends(config: EvalConfig, follower: FakeBackend, generator: FakeBackend | None = None) -> Backends:
+    overrides = {"follower": follower}
+    if generator is not None:
+        overrides["base_generator"] = generator
+    return Backends(config, overrides=overrides)
+
+
+def smart_follower(**kwargs) -> FakeBackend:
+    """Labels correctly only when the prompt carries the hint (an instruction that helps)."""
+    return FakeBackend("fake-follower", rule=keyword_rule(SENTIMENT_WORDS, "positive", needs="sentiment"), **kwargs)
+
+
+def test_methods_rows_and_samples(tmp_path: Path, sentiment_task: Task) -> None:
+    config = EvalConfig(methods=("naive", "icl:4", "promptmii-zero"), n=8, m=12, cache=False)
+    follower, generator = smart_follower(), FakeBackend("fake-generator")
+    generator.enqueue(f"Instruction:\n{HINT}")
+    out = ResultsDir(tmp_path / "run")
+    rows = run_eval([sentiment_task], config, out, backends=make_backends(config, follower, generator), quiet=True)
+
+    by_method = {r.method: r for r in rows}
+    assert list(by_method) == ["naive", "icl:4", "promptmii-zero"]
+    naive, icl, zero = by_method.values()
+    # Naive: the follower gets no hint and answers 'positive' always: F1 of (6 pos / 6 neg) = (2/3 + 0)/2
+    assert naive.macro_f1 == pytest.approx(1 / 3) and naive.accuracy == 0.5
+    assert zero.macro_f1 == 1.0 and zero.instruction == HINT
+    assert (naive.llm_calls, icl.llm_calls, zero.llm_calls) == (12, 12, 13)
+    assert (zero.generator_calls, zero.follower_calls, zero.generator) == (1, 12, "fake-generator")
+    assert (icl.n_shots, icl.n_shots_used, naive.n_shots_used) == (4, 4, 0)
+    # tokens per query = the shared prefix with an empty input, template included (fake: words + 3)
+    expected = follower.count_tokens(prompts.follower_prompt(HINT, sentiment_task.labels, ""))
+    assert zero.prompt_tokens_per_query == expected
+    # the generator saw exactly the first n shots of the seeded draw, in the one example format
+    shots, test = draw(sentiment_task, 8, 12, seed=0)
+    assert prompts.format_examples(shots) in generator.calls[0][0][0]["content"]
+    assert generator.calls[0][1].temperature == 0.0
+    # every follower call is greedy and short
+    assert {(p.temperature, p.max_tokens) for _, p in follower.calls} == {(0.0, FOLLOWER_MAX_TOKENS)}
+    # samples: m rows per result, in the order of the scored test draw
+    samples = [json.loads(line) for line in out.samples_path.read_text().splitlines()]
+    assert len(samples) == 36
+    zero_samples = [s for s in samples if s["method"] == "promptmii-zero"]
+    assert [s["text"] for s in zero_samples] == [e.text for e in test]
+    assert all(s["prediction"] == s["gold"] for s in zero_samples)
+    # rows on disk are the rows returned, with config and seed
+    assert read_results(out.results_path) == rows
+    assert all(r.config["seed"] == 0 and r.config["m"] == 12 and r.run_id for r in rows)
+
+
+def test_resume_skips_done_rows_and_makes_no_calls(tmp_path: Path, sentiment_task: Task) -> None:
+    config = EvalConfig(methods=("naive", "icl:4"), n=4, m=12, cache=False)
+    out = ResultsDir(tmp_path / "run")
+    run_eval([sentiment_task], config, out, backends=make_backends(config, smart_follower()), quiet=True)
+    follower = smart_follower()
+    assert (
+        run_eval(
+            [sentiment_task], config, ResultsDir(tmp_path / "run"), backends=make_backends(config, follower), quiet=True
+        )
+        == []
+    )
+    assert follower.calls == []
+    # a different m is a different experiment: not mistaken for done
+    bigger = replace(config, m=10)
+    assert len(run_eval([sentiment_task], bigger, out, backends=make_backends(bigger, follower), quiet=True)) == 2
+
+
+def test_killed_run_keeps_finished_rows_and_resumes(tmp_path: Path, sentiment_task: Task) -> None:
+    config = EvalConfig(methods=("naive", "icl:4"), n=4, m=12, cache=False)
+
+    def dies_on_icl(chat):
+        if "Now classify the next input." in chat[0]["content"]:
+            raise KeyboardInterrupt
+        return "positive"
+
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(
+            [sentiment_task],
+            config,
+            ResultsDir(tmp_path / "run"),
+            backends=make_backends(config, FakeBackend("fake-follower", rule=dies_on_icl)),
+            quiet=True,
+        )
+    assert [r.method for r in read_results(tmp_path / "run" / "results.jsonl")] == ["naive"]
+    follower = smart_follower()
+    rows = run_eval(
+        [sentiment_task], config, ResultsDir(tmp_path / "run"), backends=make_backends(config, follower), quiet=True
+    )
+    assert [r.method for r in rows] == ["icl:4"] and len(follower.calls) == 12
+
+
+def test_orphan_samples_of_an_unfinished_row_are_dropped(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "samples.jsonl").write_text(json.dumps({"task": "t", "method": "naive", "fingerprint": "f"}) + "\n{half")
+    ResultsDir(out)
+    assert (out / "samples.jsonl").read_text() == ""
+
+
+def test_same_seed_same_numbers_other_seed_other_draw(tmp_path: Path, sentiment_task: Task) -> None:
+    def run(seed: int, name: str):
+        config = EvalConfig(methods=("icl:4",), n=4, m=6, seed=seed, cache=False)
+        follower = FakeBackend(rule=lambda chat: "positive" if "great" in chat[0]["content"] else "negative")
+        [row] = run_eval(
+            [sentiment_task], config, ResultsDir(tmp_path / name), backends=make_backends(config, follower), quiet=True
+        )
+        return row, follower.calls
+
+    (a, calls_a), (b, calls_b), (_, calls_c) = run(0, "a"), run(0, "b"), run(1, "c")
+    assert (a.macro_f1, a.accuracy, calls_a) == (b.macro_f1, b.accuracy, calls_b)
+    assert calls_c != calls_a
+
+
+def test_one_failed_example_scores_invalid_and_the_run_goes_on(tmp_path: Path, sentiment_task: Task) -> None:
+    config = EvalConfig(methods=("naive",), n=4, m=12, cache=False)
+    follower = FakeBackend(rule=lambda chat: "positive", fail_when=lambda chat: "review 100:" in chat[0]["content"])
+    [row] = run_eval(
+        [sentiment_task], config, ResultsDir(tmp_path / "r"), backends=make_backends(config, follower), quiet=True
+    )
+    assert row.invalid_rate == pytest.approx(1 / 12)
+    assert row.warnings == ["1 follower calls failed and scored INVALID (first: fake failure)"]
+    failed = [
+        json.loads(s) for s in (tmp_path / "r" / "samples.jsonl").read_text().splitlines() if '"error": "fake' in s
+    ]
+    assert [(s["prediction"], s["error"]) for s in failed] == [(INVALID, "fake failure")]
+
+
+def test_a_backend_that_fails_everything_stops_the_run(tmp_path: Path, sentiment_task: Task) -> None:
+    config = EvalConfig(methods=("naive", "icl"), n=4, m=12, cache=False)
+    follower = FakeBackend(fail_when=lambda chat: True)
+    with pytest.raises(BackendError, match="the follower failed on all 12 inputs"):
+        run_eval(
+            [sentiment_task], config, ResultsDir(tmp_path / "r"), backends=make_backends(config, follower), quiet=True
+        )
+
+
+def test_icl_too_long_for_the_context_drops_shots_and_says_so(tmp_path: Path, sentiment_task: Task) -> None:
+    config = EvalConfig(methods=("icl:30",), n=4, m=12, cache=False)
+    follower = FakeBackend(rule=lambda chat: "positive", context_length=150)
+    [row] = run_eval(
+        [sentiment_task], config, ResultsDir(tmp_path / "r"), backends=make_backends(config, follower), quiet=True
+    )
+    assert 0 < row.n_shots_used < 30 and row.n_shots == 30
+    assert row.warnings == [
+        f"icl:30 does not fit the follower's context of 150 tokens; used the first {row.n_shots_used} shots"
+    ]
+    longest = max(len(chat[0]["content"].split()) + 3 for chat, _ in follower.calls)
+    assert longest + FOLLOWER_MAX_TOKENS <= 150
+
+
+def test_a_test_text_longer_than_the_context_is_refused(tmp_path: Path, sentiment_task: Task) -> None:
+    huge = replace(
+        sentiment_task, test=(*sentiment_task.test[:-1], replace(sentiment_task.test[-1], text="word " * 5000))
+    )
+    config = EvalConfig(methods=("naive",), n=4, m=12, cache=False)
+    with pytest.raises(
+        DataError,
+        match=r"sentiment: test text \d+ is \d+ tokens with the prompt, longer than the follower's context of 4096",
+    ):
+        run_eval([huge], config, ResultsDir(tmp_path / "r"), backends=make_backends(config, FakeBackend()), quiet=True)
+
+
+def test_failed_generator_call_is_recorded(tmp_path: Path, sentiment_task: Task) -> None:
+    config = EvalConfig(methods=("promptmii-zero",), n=4, m=12, cache=False)
+    generator = FakeBackend("g", fail_when=lambda chat: True)
+    [row] = run_eval(
+        [sentiment_task],
+        config,
+        ResultsDir(tmp_path / "r"),
+        backends=make_backends(config, smart_follower(), generator),
+        quiet=True,
+    )
+    assert row.instruction == "" and row.warnings == ["generator call failed: fake failure"]
+
+
+def test_test_side_smaller_than_m_is_scored_whole_and_recorded(tmp_path: Path, sentiment_task: Task) -> None:
+    config = EvalConfig(methods=("naive",), n=4, m=50, cache=False)
+    [row] = run_eval(
+        [sentiment_task],
+        config,
+        ResultsDir(tmp_path / "r"),
+        backends=make_backends(config, smart_follower()),
+        quiet=True,
+    )
+    assert row.m == 12 and row.warnings == ["test side has 12 rows, fewer than m=50: scored all of them"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"methods": ("promptmii",)}, "method promptmii needs --generator"),
+        ({"methods": ("icl:x",)}, "only icl takes a shot count"),
+        ({"methods": ("naiv",)}, "unknown method 'naiv' (did you mean 'naive'?)"),
+        ({"methods": ()}, "no methods given"),
+        ({"n": 0}, "n and m must be at least 1"),
+        ({"template": "fancy"}, "unknown meta-prompt template 'fancy'"),
+    ],
+)
+def test_config_rejects_impossible_settings(kwargs: dict, message: str) -> None:
+    with pytest.raises(PromptMIIError, match=re.escape(message)):
+        EvalConfig(**kwargs)
+
+
+def test_method_specs() -> None:
+    assert parse_method("icl:100").spec == "icl:100" and parse_method("icl").n_shots(20) == 20
+    assert parse_method("naive").n_shots(20) == 20 and parse_method("icl:5").n_shots(20) == 5

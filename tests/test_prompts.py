@@ -1,0 +1,51 @@
+"""Prompt rendering: the exact strings the generator and follower see."""
+
+from __future__ import annotations
+
+import pytest
+
+from promptmii import prompts
+from promptmii.data import Example
+from promptmii.errors import PromptMIIError
+
+SHOTS = [Example("I love it", "positive"), Example("Awful.", "negative")]
+
+
+def test_follower_prompt_is_one_user_message_with_prefix_constraint_and_input() -> None:
+    [message] = prompts.follower_prompt("Decide the sentiment.", ("negative", "positive"), "Great film")
+    assert message["role"] == "user"
+    assert message["content"] == (
+        "Decide the sentiment.\n\n"
+        "Answer with exactly one of these labels: negative, positive. "
+        'Reply with the label only, without explanation and without a "Label:" prefix.\n\n'
+        "Input: Great film"
+    )
+
+
+def test_empty_prefix_leaves_no_blank_lines_on_top() -> None:
+    [message] = prompts.follower_prompt("  ", ("a", "b"), "x")
+    assert message["content"].startswith("Answer with exactly one of these labels: a, b.")
+
+
+def test_icl_uses_the_same_example_format_as_the_meta_prompt() -> None:
+    block = "Input: I love it\nLabel: positive\n\nInput: Awful.\nLabel: negative"
+    assert prompts.icl_prefix(SHOTS) == block + "\n\nNow classify the next input."
+    for name in prompts.TEMPLATES:
+        [message] = prompts.meta_prompt(prompts.meta_template(name), SHOTS, ("negative", "positive"))
+        assert block in message["content"]
+        assert "negative, positive" in message["content"]
+        assert "{" not in message["content"]  # every placeholder filled
+
+
+def test_labels_with_commas_are_listed_unambiguously() -> None:
+    assert prompts.label_list(["yes, surely", "no"]) == "yes, surely; no"
+
+
+def test_unknown_template_suggests_the_close_one() -> None:
+    with pytest.raises(PromptMIIError, match="did you mean 'terse'"):
+        prompts.meta_template("terce")
+
+
+def test_texts_with_braces_survive_the_template() -> None:
+    [message] = prompts.meta_prompt(prompts.meta_template("terse"), [Example("a {labels} b", "x")], ("x", "y"))
+    assert "Input: a {labels} b" in message["content"]
