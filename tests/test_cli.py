@@ -42,25 +42,15 @@ def run(*args: str) -> object:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
+def induce_with_fakes(fakes: dict[str, str], data: Path, out: Path, *extra: str) -> object:
+    models = ["--follower", fakes["follower"], "--base-generator", fakes["generator"]]
+    return run("induce", str(data), "--n", "8", "--m", "12", *models, "-o", str(out), *extra)
+
+
 def test_induce_prints_the_table_and_instruction(tmp_path: Path, fakes: dict[str, str]) -> None:
     data = write_examples(tmp_path / "reviews.csv")
     out = tmp_path / "out"
-    result = run(
-        "induce",
-        str(data),
-        "--n",
-        "8",
-        "--m",
-        "12",
-        "--follower",
-        fakes["follower"],
-        "--base-generator",
-        fakes["generator"],
-        "-o",
-        str(out),
-        "--format",
-        "table",
-    )
+    result = induce_with_fakes(fakes, data, out, "--format", "table")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].split() == ["method", "macro-F1", "accuracy", "invalid", "tokens/query", "LLM", "calls", "seconds"]
@@ -80,23 +70,7 @@ def test_induce_prints_the_table_and_instruction(tmp_path: Path, fakes: dict[str
 def test_induce_jsonl_output_equals_the_rows_on_disk(tmp_path: Path, fakes: dict[str, str]) -> None:
     data = write_examples(tmp_path / "reviews.csv")
     out = tmp_path / "out"
-    result = run(
-        "induce",
-        str(data),
-        "--n",
-        "8",
-        "--m",
-        "12",
-        "--methods",
-        "naive,promptmii-zero",
-        "--follower",
-        fakes["follower"],
-        "--base-generator",
-        fakes["generator"],
-        "-o",
-        str(out),
-        "-q",
-    )
+    result = induce_with_fakes(fakes, data, out, "--methods", "naive,promptmii-zero", "-q")
     printed = [json.loads(line) for line in result.stdout.splitlines()]
     on_disk = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     assert printed == on_disk and [p["method"] for p in printed] == ["naive", "promptmii-zero"]
@@ -167,11 +141,12 @@ def test_models_lists_bundled_models() -> None:
 
 
 def error_line(*args: str) -> str:
+    """The error a failing command ends with: one `Error:` line on stderr, exit 1, nothing on stdout."""
     result = run(*args)
     assert result.exit_code == 1, result.output
-    [line] = result.output.strip().splitlines()
-    assert line.startswith("Error: ")
-    return line
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("Error: ") and result.stdout == ""
+    return last
 
 
 def test_cli_errors_are_one_line(tmp_path: Path) -> None:
@@ -199,3 +174,27 @@ def test_corrupt_gguf_is_refused(tmp_path: Path) -> None:
     assert "cut.gguf: llama.cpp cannot load this GGUF" in error_line(
         "induce", data, "--m", "5", "--no-eval", "--base-generator", f"llamacpp:{tmp_path / 'cut.gguf'}"
     )
+
+
+def test_a_broken_follower_stops_with_one_line_and_keeps_finished_rows(tmp_path: Path, register_backend) -> None:
+    data = write_examples(tmp_path / "r.csv")
+    broken = FakeBackend(
+        "flaky", rule=lambda chat: "positive", fail_when=lambda chat: "Now classify" in chat[0]["content"]
+    )
+    spec = register_backend("fake:flaky", broken)
+    line = error_line(
+        "induce",
+        str(data),
+        "--n",
+        "4",
+        "--m",
+        "12",
+        "--methods",
+        "naive,icl",
+        "--follower",
+        spec,
+        "-o",
+        str(tmp_path / "o"),
+    )
+    assert line == "Error: the follower failed on all 12 inputs (fake failure)"
+    assert [r.method for r in read_results(tmp_path / "o" / "results.jsonl")] == ["naive"]

@@ -182,3 +182,10 @@ def test_labels_differing_only_in_case(tmp_path: Path) -> None:
 
 def test_example_records_are_plain() -> None:
     assert sentiment_examples(2)[0] == Example("review 0: I great it", "positive")
+
+
+def test_hub_dataset_offline_and_not_cached_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("datasets")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    assert "nobody/nothing-here: cannot load dataset (" in error_of("hf:nobody/nothing-here")
