@@ -198,3 +198,30 @@ def test_a_broken_follower_stops_with_one_line_and_keeps_finished_rows(tmp_path:
     )
     assert line == "Error: the follower failed on all 12 inputs (fake failure)"
     assert [r.method for r in read_results(tmp_path / "o" / "results.jsonl")] == ["naive"]
+
+
+def test_ctrl_c_exits_130_and_keeps_finished_rows(tmp_path: Path, register_backend) -> None:
+    def interrupt_on_icl(chat):
+        if "Now classify" in chat[0]["content"]:
+            raise KeyboardInterrupt
+        return "positive"
+
+    spec = register_backend("fake:interrupted", FakeBackend("interrupted", rule=interrupt_on_icl))
+    data = str(write_examples(tmp_path / "r.csv"))
+    result = run(
+        "induce",
+        data,
+        "--n",
+        "4",
+        "--m",
+        "12",
+        "--methods",
+        "naive,icl",
+        "--follower",
+        spec,
+        "-o",
+        str(tmp_path / "o"),
+        "-q",
+    )
+    assert result.exit_code == 130 and "run the same command again to resume" in result.stderr
+    assert [r.method for r in read_results(tmp_path / "o" / "results.jsonl")] == ["naive"]

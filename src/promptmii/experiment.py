@@ -101,7 +101,8 @@ def run_eval(
     sha = git_sha()
     written = []
     pairs = [(task, method) for task in tasks for method in config.parsed_methods]
-    with tqdm(total=len(pairs), desc="tasks x methods", disable=quiet, unit="run") as bar:
+    skipped = sum((task.id, method.spec, _fingerprint(method, config, backends)) in done for task, method in pairs)
+    with tqdm(total=len(pairs), initial=skipped, desc="tasks x methods", disable=quiet, unit="run") as bar:
         for task in tasks:
             for result, samples in _evaluate_task(task, config, backends, done, quiet):
                 result = _stamp(result, run_id, sha)
