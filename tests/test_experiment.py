@@ -227,3 +227,13 @@ def test_config_rejects_impossible_settings(kwargs: dict, message: str) -> None:
 def test_method_specs() -> None:
     assert parse_method("icl:100").spec == "icl:100" and parse_method("icl").n_shots(20) == 20
     assert parse_method("naive").n_shots(20) == 20 and parse_method("icl:5").n_shots(20) == 5
+
+
+def test_promptmii_uses_the_given_generator_and_zero_the_base_one(tmp_path: Path, sentiment_task: Task) -> None:
+    config = EvalConfig(methods=("promptmii-zero", "promptmii"), n=4, m=12, generator="trained:spec", cache=False)
+    base, trained = FakeBackend("base", rule=lambda chat: "Classify."), FakeBackend("trained", rule=lambda chat: HINT)
+    backends = Backends(config, overrides={"follower": smart_follower(), "base_generator": base, "generator": trained})
+    zero, trained_row = run_eval([sentiment_task], config, ResultsDir(tmp_path / "r"), backends=backends, quiet=True)
+    assert (zero.generator, zero.instruction, zero.macro_f1) == ("base", "Classify.", pytest.approx(1 / 3))
+    assert (trained_row.generator, trained_row.instruction, trained_row.macro_f1) == ("trained", HINT, 1.0)
+    assert zero.fingerprint != trained_row.fingerprint

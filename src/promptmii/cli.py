@@ -24,8 +24,8 @@ import click
 from promptmii import models
 from promptmii.data import draw, load_tasks
 from promptmii.errors import PromptMIIError
-from promptmii.experiment import DEFAULT_BACKEND, Backends, EvalConfig, run_eval
-from promptmii.induce import InduceConfig, induce
+from promptmii.experiment import DEFAULT_BACKEND, Backends, EvalConfig, result_keys, run_eval
+from promptmii.induce import induce
 from promptmii.prompts import DEFAULT_TEMPLATE, TEMPLATES
 from promptmii.results import Result, ResultsDir, mean_by_method, read_results
 
@@ -130,17 +130,14 @@ def induce_cmd(
         if no_eval:
             shots, _ = draw(task, n, 0, config.seed)
             role = "generator" if config.generator else "base_generator"
-            induce_config = InduceConfig(
-                template=config.template, max_tokens=config.max_instruction_tokens, seed=config.seed
-            )
-            instruction = induce(shots, task.labels, backends.get(role), induce_config)
+            instruction = induce(shots, task.labels, backends.get(role), config.induce_config)
             if instruction.error:
                 raise PromptMIIError(f"the generator call failed: {instruction.error}")
             click.echo(instruction.text)
             return
         out = ResultsDir(Path(output or f"runs/induce-{task.id}"))
         run_eval([task], config, out, backends=backends, quiet=opts["quiet"])
-        rows = _requested_rows(out, [task.id], config)
+        rows = _requested_rows(out, result_keys([task], config, backends))
         fmt = opts["fmt"] or ("table" if sys.stdout.isatty() else "jsonl")
         _emit(rows, fmt, show_task=False)
         instruction = next((r.instruction for r in rows if r.method in ("promptmii", "promptmii-zero")), None)
@@ -201,8 +198,9 @@ def eval_cmd(
             seed=config.seed,
         )
         out = ResultsDir(Path(output))
-        run_eval(tasks, config, out, quiet=opts["quiet"])
-        rows = _requested_rows(out, [t.id for t in tasks], config)
+        backends = Backends(config)
+        run_eval(tasks, config, out, backends=backends, quiet=opts["quiet"])
+        rows = _requested_rows(out, result_keys(tasks, config, backends))
         fmt = opts["fmt"] or ("table" if sys.stdout.isatty() else "jsonl")
         _emit(rows, fmt, show_task=True)
         if fmt == "table" and len(tasks) > 1:
@@ -253,19 +251,10 @@ def _eval_config(opts: dict[str, Any], *, methods: str, n: int, m: int) -> EvalC
     )
 
 
-def _requested_rows(out: ResultsDir, task_ids: list[str], config: EvalConfig) -> list[Result]:
-    """The rows of this command's (tasks x methods), whether computed now or found done, newest wins."""
-    wanted = {(t, m) for t in task_ids for m in config.methods}
-    latest: dict[tuple[str, str], Result] = {}
-    for row in read_results(out.results_path):
-        if (
-            (row.task, row.method) in wanted
-            and row.config.get("seed") == config.seed
-            and row.config.get("m") == config.m
-        ):
-            latest[(row.task, row.method)] = row
-    order = {key: i for i, key in enumerate((t, m) for t in task_ids for m in config.methods)}
-    return sorted(latest.values(), key=lambda r: order[(r.task, r.method)])
+def _requested_rows(out: ResultsDir, keys: list[tuple[str, str, str]]) -> list[Result]:
+    """This command's rows (tasks x methods, same models and settings), computed now or found done."""
+    by_key = {row.key: row for row in read_results(out.results_path)}
+    return [by_key[key] for key in keys if key in by_key]
 
 
 def _emit(rows: list[Result], fmt: str, *, show_task: bool) -> None:

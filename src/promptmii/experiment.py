@@ -59,11 +59,15 @@ class EvalConfig:
             raise PromptMIIError(
                 "method promptmii needs --generator (a trained generator); use promptmii-zero for the untrained model"
             )
-        InduceConfig(template=self.template, max_tokens=self.max_instruction_tokens)  # validates both
+        self.induce_config  # noqa: B018 (building it validates template and max_instruction_tokens)
 
     @property
     def parsed_methods(self) -> list[Method]:
         return [parse_method(m) for m in self.methods]
+
+    @property
+    def induce_config(self) -> InduceConfig:
+        return InduceConfig(template=self.template, max_tokens=self.max_instruction_tokens, seed=self.seed)
 
     @property
     def max_shots(self) -> int:
@@ -100,9 +104,9 @@ def run_eval(
     run_id = new_run_id()
     sha = git_sha()
     written = []
-    pairs = [(task, method) for task in tasks for method in config.parsed_methods]
-    skipped = sum((task.id, method.spec, _fingerprint(method, config, backends)) in done for task, method in pairs)
-    with tqdm(total=len(pairs), initial=skipped, desc="tasks x methods", disable=quiet, unit="run") as bar:
+    keys = result_keys(tasks, config, backends)
+    skipped = sum(key in done for key in keys)
+    with tqdm(total=len(keys), initial=skipped, desc="tasks x methods", disable=quiet, unit="run") as bar:
         for task in tasks:
             for result, samples in _evaluate_task(task, config, backends, done, quiet):
                 result = _stamp(result, run_id, sha)
@@ -111,6 +115,11 @@ def run_eval(
                 bar.update(1)
                 bar.set_postfix_str(f"{task.id} {result.method} F1={result.macro_f1:.3f}")
     return written
+
+
+def result_keys(tasks: list[Task], config: EvalConfig, backends: Backends) -> list[tuple[str, str, str]]:
+    """The done-keys (task, method, fingerprint) of the rows this config asks for, tasks-major order."""
+    return [(t.id, m.spec, _fingerprint(m, config, backends)) for t in tasks for m in config.parsed_methods]
 
 
 def _evaluate_task(
@@ -142,9 +151,7 @@ def _evaluate_task(
             follower=follower,
             longest_input=longest_input,
             generator=generator,
-            induce_config=InduceConfig(
-                template=config.template, max_tokens=config.max_instruction_tokens, seed=config.seed
-            ),
+            induce_config=config.induce_config,
         )
         run = run_follower(follower, prefix.text, task.labels, test, desc=f"{task.id} {method.spec}", quiet=quiet)
         instruction = prefix.instruction
