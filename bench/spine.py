@@ -63,6 +63,9 @@ def main() -> None:
 
 def summarize(task_ids: list[str], rows: list, config: EvalConfig) -> dict:
     rows = [r for r in rows if r.task in task_ids and r.method in METHODS and r.config.get("m") == config.m]
+    # rows made with another meta-prompt template are stale; the latest row per (task, method) wins
+    rows = [r for r in rows if r.generator is None or r.config.get("template") == config.template]
+    rows = list({(r.task, r.method): r for r in rows}.values())
     done_tasks = [t for t in task_ids if {r.method for r in rows if r.task == t} >= set(METHODS)]
     complete_rows = [r for r in rows if r.task in done_tasks]  # means only over tasks with every method
     return {
@@ -73,6 +76,7 @@ def summarize(task_ids: list[str], rows: list, config: EvalConfig) -> dict:
             "m": config.m,
             "seed": config.seed,
             "model": config.follower,
+            "template": config.template,
         },
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
         "tasks_total": len(task_ids),

@@ -14,7 +14,7 @@ import os
 import subprocess
 import time
 import uuid
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +73,6 @@ class Sample:
     prediction: str
     error: str | None = None
     run_id: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def fingerprint(**settings: Any) -> str:
