@@ -21,6 +21,18 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("models")
 
 
+@pytest.fixture(scope="module")
+def module_home(model_store: Path):
+    """PROMPTMII_HOME for module-scoped fixtures (servers, loaded models), sharing the session's model store."""
+    home = model_store.parent / f"home-{os.getpid()}-{id(model_store)}"
+    home.mkdir(exist_ok=True)
+    if not (home / "models").exists():
+        os.symlink(model_store, home / "models")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PROMPTMII_HOME", str(home))
+        yield home
+
+
 @pytest.fixture(autouse=True)
 def promptmii_home(tmp_path: Path, model_store: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "home"

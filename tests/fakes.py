@@ -19,6 +19,7 @@ def query_input(chat: Chat) -> str:
 class FakeBackend:
     """Replies come from a queue (enqueue) first, then from `rule(chat)`, else "".
 
+    Label scores come from `scorer(chat, labels)`, else shorter labels score higher.
     Tokens are whitespace words, so token counts are easy to compute by hand. `fail_when(chat)`
     makes single calls fail the way a real backend reports it (Generation.error).
     """
@@ -29,11 +30,15 @@ class FakeBackend:
         rule: Callable[[Chat], str] | None = None,
         context_length: int = 4096,
         fail_when: Callable[[Chat], bool] | None = None,
+        scorer: Callable[[Chat, list[str]], dict[str, float]] | None = None,
     ):
         self.model_id = model_id
         self.context_length = context_length
+        self.token_counter = "fake-whitespace"
         self.rule = rule
         self.fail_when = fail_when
+        self.scorer = scorer
+        self.scored: list[Chat] = []
         self.calls: list[tuple[Chat, GenParams]] = []
         self._queue: list[str] = []
 
@@ -52,6 +57,9 @@ class FakeBackend:
         return out
 
     def label_logprobs(self, prompt: Chat, labels: list[str]) -> dict[str, float]:
+        self.scored.append(prompt)
+        if self.scorer:
+            return self.scorer(prompt, labels)
         return {label: -float(len(label)) for label in labels}
 
     def count_tokens(self, prompt: Chat) -> int:

@@ -154,3 +154,30 @@ def test_induce_cli_on_the_readme_example(tmp_path: Path) -> None:
         [line] = [line for line in result.stdout.splitlines() if line.startswith(method + " ")]
         assert line.split()[1:3] == [f"{row.macro_f1:.3f}", f"{row.accuracy:.3f}"]
     assert rows["promptmii-zero"].instruction in result.stdout
+
+
+def sentiment_chats(prefix: str) -> list[list[dict[str, str]]]:
+    return [prompts.follower_prompt(prefix, ("negative", "positive"), text) for text in POSITIVE + NEGATIVE]
+
+
+def test_constrained_and_scored_decoding_answer_only_labels(backend) -> None:
+    chats = sentiment_chats("Decide whether the movie review is positive or negative.")
+    constrained = backend.generate(chats, GenParams(max_tokens=8, choices=("negative", "positive")))
+    assert {g.text for g in constrained} <= {"negative", "positive"}
+    for chat, generation in zip(chats, constrained, strict=True):
+        scores = backend.label_logprobs(chat, ["negative", "positive"])
+        assert all(v < 0 for v in scores.values())
+        assert generation.text == max(scores, key=scores.get)  # greedy under the grammar = the top label
+    # under the grammar the reply is the model's most likely label
+    assert sum(g.text == "positive" for g in constrained[: len(POSITIVE)]) >= 4
+    assert sum(g.text == "negative" for g in constrained[len(POSITIVE) :]) >= 4
+
+
+def test_the_shared_prefix_is_tokenized_once_without_changing_any_token(backend) -> None:
+    shots = "\n\n".join(f"Input: {t}\nLabel: positive" for t in POSITIVE * 5)
+    chats = sentiment_chats(shots)
+    backend.generate(chats[:3], GenParams(max_tokens=2))  # remembers the batch's shared prefix
+    for chat in chats:
+        rendered = backend._render(chat)
+        assert backend._tokens(rendered) == backend._llm.tokenize(rendered.encode(), add_bos=False, special=True)
+    assert len(backend._prefix[0]) > 1000

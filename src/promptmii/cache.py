@@ -25,6 +25,12 @@ CREATE TABLE IF NOT EXISTS calls (
     completion_tokens INTEGER NOT NULL,
     seconds REAL NOT NULL,
     created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS label_scores (
+    key TEXT PRIMARY KEY,
+    model_id TEXT NOT NULL,
+    scores TEXT NOT NULL,
+    created_at REAL NOT NULL
 )
 """
 
@@ -34,9 +40,15 @@ def cache_key(backend_kind: str, model_id: str, prompt: Chat, params: GenParams)
         "backend": backend_kind,
         "model_id": model_id,
         "prompt": prompt,
-        "params": {k: v for k, v in asdict(params).items() if k != "sample_index"},
+        # `choices` joins the key only when set, so keys of free-generation calls stay as they were
+        "params": {k: v for k, v in asdict(params).items() if k != "sample_index" and not (k == "choices" and not v)},
         "sample_index": params.sample_index,
     }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def scores_key(backend_kind: str, model_id: str, prompt: Chat, labels: list[str]) -> str:
+    payload = {"backend": backend_kind, "model_id": model_id, "prompt": prompt, "labels": list(labels)}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
@@ -50,8 +62,12 @@ class CachedBackend:
         self._kind = type(backend).__name__
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path))
-        self._db.execute(SCHEMA)
+        self._db.executescript(SCHEMA)
         self._db.commit()
+
+    @property
+    def token_counter(self) -> str:  # an HTTP backend learns how it counts on its first count
+        return self.backend.token_counter
 
     def generate(self, prompts: list[Chat], params: GenParams) -> list[Generation]:
         keys = [cache_key(self._kind, self.model_id, p, params) for p in prompts]
@@ -67,7 +83,17 @@ class CachedBackend:
         return [r for r in results if r is not None]
 
     def label_logprobs(self, prompt: Chat, labels: list[str]) -> dict[str, float]:
-        return self.backend.label_logprobs(prompt, labels)
+        key = scores_key(self._kind, self.model_id, prompt, labels)
+        row = self._db.execute("SELECT scores FROM label_scores WHERE key = ?", (key,)).fetchone()
+        if row:
+            return json.loads(row[0])
+        scores = self.backend.label_logprobs(prompt, labels)
+        self._db.execute(
+            "INSERT OR REPLACE INTO label_scores VALUES (?, ?, ?, ?)",
+            (key, self.model_id, json.dumps(scores), time.time()),
+        )
+        self._db.commit()
+        return scores
 
     def count_tokens(self, prompt: Chat) -> int:
         return self.backend.count_tokens(prompt)

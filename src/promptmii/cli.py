@@ -24,6 +24,7 @@ import click
 from promptmii import models
 from promptmii.data import draw, load_tasks
 from promptmii.errors import PromptMIIError
+from promptmii.evaluate import DECODING
 from promptmii.experiment import DEFAULT_BACKEND, Backends, EvalConfig, result_keys, run_eval
 from promptmii.induce import induce
 from promptmii.prompts import DEFAULT_TEMPLATE, TEMPLATES
@@ -75,6 +76,13 @@ def _common_model_options(f: Any) -> Any:
             "--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True, help="Meta-prompt."
         ),
         click.option("--max-instruction-tokens", default=1024, show_default=True, help="Generator token limit."),
+        click.option(
+            "--decoding",
+            type=click.Choice(DECODING),
+            default="generate",
+            show_default=True,
+            help="Follower decoding: free generation + parsing (the paper's), label scoring, or a label grammar.",
+        ),
         click.option("--seed", default=0, show_default=True, help="Draws the shown and scored examples."),
         click.option("--no-cache", is_flag=True, help="Do not reuse LLM calls from $PROMPTMII_HOME/cache.sqlite."),
         click.option(
@@ -246,6 +254,7 @@ def _eval_config(opts: dict[str, Any], *, methods: str, n: int, m: int) -> EvalC
         generator=opts["generator"],
         template=opts["template"],
         max_instruction_tokens=opts["max_instruction_tokens"],
+        decoding=opts["decoding"],
         seed=opts["seed"],
         cache=not opts["no_cache"],
     )

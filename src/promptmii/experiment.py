@@ -24,7 +24,7 @@ from promptmii.baselines import Method, build_prefix, parse_method
 from promptmii.cache import CachedBackend
 from promptmii.data import Task, draw
 from promptmii.errors import PromptMIIError
-from promptmii.evaluate import check_inputs_fit, run_follower
+from promptmii.evaluate import DECODING, check_inputs_fit, run_follower
 from promptmii.induce import InduceConfig
 from promptmii.results import Result, ResultsDir, Sample, fingerprint, git_sha, new_run_id
 
@@ -46,6 +46,9 @@ class EvalConfig:
     generator: str | None = field(default=None, metadata={"help": "trained generator (promptmii)"})
     template: str = field(default=prompts.DEFAULT_TEMPLATE, metadata={"help": "meta-prompt template"})
     max_instruction_tokens: int = field(default=1024, metadata={"help": "generator token limit"})
+    decoding: str = field(
+        default="generate", metadata={"help": "follower decoding: generate | score | score-calibrated | constrained"}
+    )
     seed: int = field(default=0, metadata={"help": "draws the shown and scored examples"})
     cache: bool = field(default=True, metadata={"help": "reuse LLM calls from $PROMPTMII_HOME/cache.sqlite"})
 
@@ -53,6 +56,8 @@ class EvalConfig:
         parsed = [parse_method(m) for m in self.methods]  # raises on unknown methods
         if not parsed:
             raise PromptMIIError("no methods given (e.g. --methods naive,icl:20,promptmii-zero)")
+        if self.decoding not in DECODING:
+            raise PromptMIIError(f"unknown decoding '{self.decoding}'; choose one of: {', '.join(DECODING)}")
         if self.n < 1 or self.m < 1:
             raise PromptMIIError(f"n and m must be at least 1 (got n={self.n}, m={self.m})")
         if any(m.name == "promptmii" for m in parsed) and not self.generator:
@@ -153,7 +158,15 @@ def _evaluate_task(
             generator=generator,
             induce_config=config.induce_config,
         )
-        run = run_follower(follower, prefix.text, task.labels, test, desc=f"{task.id} {method.spec}", quiet=quiet)
+        run = run_follower(
+            follower,
+            prefix.text,
+            task.labels,
+            test,
+            decoding=config.decoding,
+            desc=f"{task.id} {method.spec}",
+            quiet=quiet,
+        )
         instruction = prefix.instruction
         failures = sum(e is not None for e in run.errors)
         warnings = list(prefix.warnings) + warnings_m
@@ -188,6 +201,8 @@ def _evaluate_task(
             warnings=warnings,
             config=json.loads(json.dumps(asdict(config))),  # as a reader of results.jsonl sees it
             fingerprint=_fingerprint(method, config, backends),
+            decoding=config.decoding,
+            token_counter=follower.token_counter,
         )
         samples = [
             Sample(task.id, method.spec, result.fingerprint, i, e.text, e.label, reply, pred, error)
@@ -207,6 +222,8 @@ def _fingerprint(method: Method, config: EvalConfig, backends: Backends) -> str:
         "seed": config.seed,
         "follower": backends.get("follower").model_id,
     }
+    if config.decoding != "generate":  # only when set, so rows made before decoding modes existed stay done
+        settings["decoding"] = config.decoding
     if role:
         generator = backends.get(role).model_id
         settings |= {"generator": generator, "template": config.template, "max_tokens": config.max_instruction_tokens}

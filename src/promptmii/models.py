@@ -15,6 +15,7 @@ import importlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -200,3 +201,37 @@ def available() -> list[dict[str, object]]:
             }
         )
     return rows
+
+
+def dequantized_dir(name: str) -> Path:
+    """Where the bundled model lives as a transformers checkpoint (float32 safetensors)."""
+    return models_dir() / f"{lookup(name).name}.dequantized"
+
+
+def ensure_dequantized(name: str) -> Path:
+    """The bundled GGUF as a transformers model directory, converted once and reused afterwards.
+
+    transformers reads GGUF only with `GgufConfig(dequantize=True)` (otherwise the model stays flagged
+    quantized and cannot be trained or saved, RUNTIME.md); converting takes ~45 s, reloading the saved
+    safetensors a few seconds. The directory appears complete or not at all (built aside, then renamed).
+    """
+    target = dequantized_dir(name)
+    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+        return target
+    gguf = ensure_bundled(name)
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    except ImportError:
+        raise ModelFileError("the hf backend needs transformers and torch: pip install -e '.[hf]'") from None
+    log.warning("converting %s to a transformers checkpoint in %s (once, ~1 min)", gguf.name, target)
+    partial = target.with_name(target.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, quantization_config=GgufConfig(dequantize=True)
+    )
+    model.save_pretrained(partial)
+    tokenizer.save_pretrained(partial)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(partial, target)
+    return target

@@ -63,3 +63,16 @@ def extract_instruction(reply: str) -> str:
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
         text = text[1:-1].strip()
     return text
+
+
+def pick_label(scores: dict[str, float], baseline: dict[str, float] | None = None) -> str:
+    """The label with the highest log-probability, optionally calibrated (Zhao et al. 2021).
+
+    Calibration subtracts each label's score on a content-free input ("N/A") behind the same prompt,
+    which removes the follower's prior for a label (RUNTIME.md: the 0.5B's first-label bias). Ties go
+    to the label listed first, so the choice is deterministic.
+    """
+    if not scores:
+        return INVALID
+    calibrated = {label: s - (baseline or {}).get(label, 0.0) for label, s in scores.items()}
+    return max(calibrated, key=lambda label: calibrated[label])

@@ -14,7 +14,7 @@ import os
 import subprocess
 import time
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,8 @@ class Result:
     warnings: list[str]
     config: dict[str, Any]
     fingerprint: str  # hash of everything that decides the numbers; with task and method, the done-key
+    decoding: str = "generate"  # how the follower answered: generate | score | score-calibrated | constrained
+    token_counter: str = ""  # what counted the follower's tokens (its own tokenizer, a server endpoint, ...)
     run_id: str = ""
     promptmii_version: str = ""
     git_sha: str | None = None
@@ -139,6 +141,7 @@ def read_results(path: Path) -> list[Result]:
     if not path.exists():
         raise PromptMIIError(f"{path}: no such results file")
     known = {f.name for f in fields(Result)}
+    required = {f.name for f in fields(Result) if f.default is MISSING and f.default_factory is MISSING}
     rows = []
     lines = path.read_text(encoding="utf-8").splitlines()
     for number, line in enumerate(lines, start=1):
@@ -154,7 +157,7 @@ def read_results(path: Path) -> list[Result]:
             raise PromptMIIError(
                 f"{path}: line {number} has schema_version {row.get('schema_version')}, this promptmii reads {SCHEMA_VERSION}"
             )
-        missing = known - set(row) - {"run_id", "promptmii_version", "git_sha", "created_at", "schema_version"}
+        missing = required - set(row)
         if missing:
             raise PromptMIIError(f"{path}: line {number} lacks fields {sorted(missing)}")
         rows.append(Result(**{k: v for k, v in row.items() if k in known}))

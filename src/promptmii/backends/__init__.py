@@ -8,6 +8,8 @@ queries of one instruction) or batch on a GPU. Adapters hold no pipeline logic.
 from __future__ import annotations
 
 import difflib
+import json
+import re
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -28,6 +30,9 @@ class GenParams:
     # Keeps repeated samples at temperature > 0 distinct in the cache while replaying them on
     # re-runs (dspy's rollout_id). Not sent to the model.
     sample_index: int = 0
+    # Constrained decoding: the reply must be exactly one of these strings (a grammar over the label
+    # set), where the backend supports it. Empty = free generation.
+    choices: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class Backend(Protocol):
 
     model_id: str
     context_length: int
+    token_counter: str  # what count_tokens uses: "llamacpp", "hf", "server:/tokenize", "local:SPEC", ...
 
     def generate(self, prompts: list[Chat], params: GenParams) -> list[Generation]:
         """One Generation per prompt, in order. A failure on one prompt sets its `error`, never raises."""
@@ -62,12 +68,27 @@ class Backend(Protocol):
         ...
 
 
-SCHEMES = ("llamacpp",)
+def choice_grammar(choices: tuple[str, ...] | list[str]) -> str:
+    """A GBNF grammar (llama.cpp) whose only sentences are the given strings."""
+    alternatives = " | ".join(json.dumps(c, ensure_ascii=False) for c in choices)
+    return f"root ::= {alternatives}\n"
+
+
+def choice_regex(choices: tuple[str, ...] | list[str]) -> str:
+    """A regular expression (SGLang, vLLM) matching exactly one of the given strings."""
+    return "(" + "|".join(re.escape(c) for c in choices) + ")"
+
+
+SCHEMES = ("llamacpp", "openai", "hf")
 _LOADED: dict[str, Backend] = {}
 
 
 def get_backend(spec: str) -> Backend:
-    """Build (once per process) the backend a spec names, e.g. `llamacpp:qwen2.5-coder-1.5b-instruct`.
+    """Build (once per process) the backend a spec names.
+
+    `llamacpp:qwen2.5-coder-1.5b-instruct` or `llamacpp:/path/model.gguf` (in-process llama.cpp),
+    `openai:MODEL@http://127.0.0.1:8080/v1[?options]` (any OpenAI-compatible server),
+    `hf:qwen2.5-coder-0.5b-instruct` or `hf:/path/to/model_dir` (transformers).
 
     The generator and follower are often the same model: sharing one instance halves memory and load
     time on a laptop.
@@ -83,6 +104,14 @@ def get_backend(spec: str) -> Backend:
         from promptmii.backends.llamacpp import LlamaCppBackend
 
         backend: Backend = LlamaCppBackend.from_spec(target)
+    elif scheme == "openai":
+        from promptmii.backends.openai import OpenAIBackend
+
+        backend = OpenAIBackend.from_spec(target)
+    elif scheme == "hf":
+        from promptmii.backends.hf import HFBackend
+
+        backend = HFBackend.from_spec(target)
     else:
         close = difflib.get_close_matches(scheme, SCHEMES, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
