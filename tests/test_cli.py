@@ -42,6 +42,24 @@ def run(*args: str) -> object:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
+def naive_then_icl(data: Path, follower: str, out: Path) -> list[str]:
+    """induce arguments that run naive, then icl (the step the faulty followers above fail on)."""
+    return [
+        "induce",
+        str(data),
+        "--n",
+        "4",
+        "--m",
+        "12",
+        "--methods",
+        "naive,icl",
+        "--follower",
+        follower,
+        "-o",
+        str(out),
+    ]
+
+
 def induce_with_fakes(fakes: dict[str, str], data: Path, out: Path, *extra: str) -> object:
     models = ["--follower", fakes["follower"], "--base-generator", fakes["generator"]]
     return run("induce", str(data), "--n", "8", "--m", "12", *models, "-o", str(out), *extra)
@@ -182,20 +200,7 @@ def test_a_broken_follower_stops_with_one_line_and_keeps_finished_rows(tmp_path:
         "flaky", rule=lambda chat: "positive", fail_when=lambda chat: "Now classify" in chat[0]["content"]
     )
     spec = register_backend("fake:flaky", broken)
-    line = error_line(
-        "induce",
-        str(data),
-        "--n",
-        "4",
-        "--m",
-        "12",
-        "--methods",
-        "naive,icl",
-        "--follower",
-        spec,
-        "-o",
-        str(tmp_path / "o"),
-    )
+    line = error_line(*naive_then_icl(data, spec, tmp_path / "o"))
     assert line == "Error: the follower failed on all 12 inputs (fake failure)"
     assert [r.method for r in read_results(tmp_path / "o" / "results.jsonl")] == ["naive"]
 
@@ -207,21 +212,7 @@ def test_ctrl_c_exits_130_and_keeps_finished_rows(tmp_path: Path, register_backe
         return "positive"
 
     spec = register_backend("fake:interrupted", FakeBackend("interrupted", rule=interrupt_on_icl))
-    data = str(write_examples(tmp_path / "r.csv"))
-    result = run(
-        "induce",
-        data,
-        "--n",
-        "4",
-        "--m",
-        "12",
-        "--methods",
-        "naive,icl",
-        "--follower",
-        spec,
-        "-o",
-        str(tmp_path / "o"),
-        "-q",
-    )
+    data = write_examples(tmp_path / "r.csv")
+    result = run(*naive_then_icl(data, spec, tmp_path / "o"), "-q")
     assert result.exit_code == 130 and "run the same command again to resume" in result.stderr
     assert [r.method for r in read_results(tmp_path / "o" / "results.jsonl")] == ["naive"]
