@@ -224,7 +224,7 @@ def eval_cmd(
 @click.option("--prepare", is_flag=True, help="Assemble and verify the bundled model files now.")
 @click.option("--format", "fmt", type=click.Choice(FORMATS), default=None, help="Output format.")
 def models_cmd(prepare: bool, fmt: str | None) -> None:
-    """List the bundled models: installed parts, assembled file, path.
+    """List the bundled models: installed parts, assembled GGUF, its path, and the hf: copy if made.
 
     Example:
 
@@ -237,7 +237,7 @@ def models_cmd(prepare: bool, fmt: str | None) -> None:
                     models.ensure_bundled(str(row["name"]))
         rows = models.available()
         fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
-        columns = [(k, k, "{}") for k in ("name", "installed", "assembled", "size_mb", "path", "note")]
+        columns = [(k, k, "{}") for k in ("name", "installed", "assembled", "size_mb", "path", "hf_copy", "note")]
         click.echo(_render(rows, fmt, columns))
 
 

@@ -197,6 +197,7 @@ def available() -> list[dict[str, object]]:
                 "assembled": path.exists() and _trusted(path, model.sha256),
                 "size_mb": round(model.size / 1e6),
                 "path": str(path),
+                "hf_copy": str(dequantized_dir(model.name)) if _is_checkpoint(dequantized_dir(model.name)) else "",
                 "note": model.note,
             }
         )
@@ -216,7 +217,7 @@ def ensure_dequantized(name: str) -> Path:
     safetensors a few seconds. The directory appears complete or not at all (built aside, then renamed).
     """
     target = dequantized_dir(name)
-    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+    if _is_checkpoint(target):
         return target
     gguf = ensure_bundled(name)
     try:
@@ -235,3 +236,7 @@ def ensure_dequantized(name: str) -> Path:
     shutil.rmtree(target, ignore_errors=True)
     os.replace(partial, target)
     return target
+
+
+def _is_checkpoint(path: Path) -> bool:
+    return (path / "config.json").exists() and any(path.glob("*.safetensors"))
