@@ -181,3 +181,17 @@ def test_the_shared_prefix_is_tokenized_once_without_changing_any_token(backend)
         rendered = backend._render(chat)
         assert backend._tokens(rendered) == backend._llm.tokenize(rendered.encode(), add_bos=False, special=True)
     assert len(backend._prefix[0]) > 1000
+
+
+def test_batched_label_scores_match_token_by_token_scoring(backend) -> None:
+    from promptmii.backends.llamacpp import _log_softmax
+
+    labels = ["card_payment_fee_charged", "card_arrival", "top_up_failed"]
+    chat = prompts.follower_prompt("Classify the banking query.", tuple(labels), "My card has not arrived yet.")
+    batched = backend.label_logprobs(chat, labels)
+    base = backend._tokens(backend._render(chat))
+    for label in labels:
+        ids = backend._llm.tokenize(label.encode(), add_bos=False, special=False)
+        one_by_one = sum(float(_log_softmax(backend._next_token_logits(base + ids[:i]))[t]) for i, t in enumerate(ids))
+        assert abs(batched[label] - one_by_one) < 0.5  # batch and single-token kernels round differently
+    assert max(batched, key=batched.get) == "card_arrival"

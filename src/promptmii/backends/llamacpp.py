@@ -105,21 +105,22 @@ class LlamaCppBackend:
     def label_logprobs(self, prompt: Chat, labels: list[str]) -> dict[str, float]:
         """Sum of the log-probabilities of each label's tokens as the start of the reply.
 
-        Labels that share leading tokens share their evaluation, and the prompt is evaluated once
-        (the KV cache keeps it), so scoring k labels costs about one prompt plus k short steps.
+        The prompt is evaluated once (the KV cache keeps it); each label's tokens then go through in
+        one batch that returns the logits after every position, so scoring k labels costs about one
+        prompt plus k short batches (banking77's 77 labels of up to 12 tokens: ~1 s on the 0.5B).
         """
         base = self._tokens(self._render(prompt))
-        after: dict[tuple[int, ...], np.ndarray] = {}  # label-token path -> next-token log-probabilities
-
-        def logprobs_after(path: tuple[int, ...]) -> np.ndarray:
-            if path not in after:
-                after[path] = _log_softmax(self._next_token_logits(base + list(path)))
-            return after[path]
-
+        first = _log_softmax(self._next_token_logits(base))
         scores = {}
         for label in labels:
             ids = self._llm.tokenize(label.encode("utf-8"), add_bos=False, special=False)
-            scores[label] = sum(float(logprobs_after(tuple(ids[:i]))[token]) for i, token in enumerate(ids))
+            total = float(first[ids[0]])
+            if len(ids) > 1:
+                self._llm.n_tokens = len(base)  # drop the previous label from the KV cache
+                following = self._logits_after_each(ids[:-1])
+                total += sum(float(_log_softmax(row)[token]) for row, token in zip(following, ids[1:], strict=True))
+            scores[label] = total
+        self._llm.n_tokens = len(base)
         return scores
 
     def count_tokens(self, prompt: Chat) -> int:
@@ -204,6 +205,25 @@ class LlamaCppBackend:
         llm.eval(tokens[common:])
         pointer = self._llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
         return np.ctypeslib.as_array(pointer, shape=(llm.n_vocab(),)).copy()
+
+    def _logits_after_each(self, tokens: list[int]) -> list[np.ndarray]:
+        """Evaluate `tokens` after the KV cache's first n_tokens in one batch; the logits after each token.
+
+        Llama.eval keeps only the last position's logits unless the whole model runs with logits_all
+        (costly for every other call), so this one batch asks for all of its positions itself.
+        """
+        llm = self._llm
+        n_past = llm.n_tokens
+        llm._ctx.kv_cache_seq_rm(-1, n_past, -1)
+        llm._batch.set_batch(batch=tokens, n_past=n_past, logits_all=True)
+        llm._ctx.decode(llm._batch)
+        llm.input_ids[n_past : n_past + len(tokens)] = tokens
+        llm.n_tokens = n_past + len(tokens)
+        vocab = llm.n_vocab()
+        return [
+            np.ctypeslib.as_array(self._llama_cpp.llama_get_logits_ith(llm._ctx.ctx, i), shape=(vocab,)).copy()
+            for i in range(len(tokens))
+        ]
 
 
 def _cut_after_newline(text: str) -> int:
