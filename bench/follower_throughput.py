@@ -32,12 +32,14 @@ import llama_cpp
 from promptmii import models, prompts
 from promptmii.backends import get_backend
 from promptmii.backends.llamacpp import LlamaCppBackend
+from promptmii.backends.openai import DEFAULT_TIMEOUT
 from promptmii.data import Example, load_tasks
 from promptmii.evaluate import FOLLOWER_MAX_TOKENS, FOLLOWER_PARAMS, prefix_tokens, run_follower
 
 ROOT = Path(__file__).resolve().parent
 MODEL = models.FAST_MODEL
 SIZES = (100, 1_000, 10_000)
+BACKENDS = ("llamacpp", "openai")
 N_CTX = 16_384  # room for the 10k prefix; the same for every path
 
 
@@ -47,7 +49,11 @@ def main() -> None:
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--m", type=int, default=20, help="queries per prefix")
     parser.add_argument("--out", default=str(ROOT / "results" / "follower_throughput.json"))
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="prefix sizes to (re)measure")
+    parser.add_argument("--backends", default="llamacpp,openai", help="backends to (re)measure")
     args = parser.parse_args()
+    sizes = [int(x) for x in args.sizes.split(",")]
+    wanted = set(args.backends.split(","))
 
     [task] = [t for t in load_tasks(args.corpus, split="test") if t.id == args.task]
     test = list(task.test[: args.m])
@@ -55,42 +61,62 @@ def main() -> None:
     ours_local = LlamaCppBackend(gguf, f"{MODEL}-bench", n_ctx=N_CTX)
     raw_local = llama_cpp.Llama(model_path=str(gguf), n_ctx=N_CTX, n_threads=2, n_threads_batch=2, verbose=False)
     server, url = start_server(gguf)
-    rows = []
+    out_path = Path(args.out)
+    previous = json.loads(out_path.read_text())["rows"] if out_path.exists() else []
+    rows = [r for r in previous if (r["backend"], r["target_tokens"]) not in {(b, s) for b in wanted for s in sizes}]
     try:
         ours_http = get_backend(f"openai:{MODEL}@{url}")
-        for size in SIZES:
+        for size in sizes:
             prefix = icl_prefix(task.train, task.labels, size, ours_local)
             chats = [prompts.follower_prompt(prefix, task.labels, e.text) for e in test]
-            common = {"prefix_tokens": prefix_tokens(ours_local, prefix, task.labels), "m": len(test)}
+            common = {
+                "target_tokens": size,
+                "prefix_tokens": prefix_tokens(ours_local, prefix, task.labels),
+                "m": len(test),
+            }
 
-            raw_local.reset()  # cold KV cache: each path pays the prefix once
             texts = [ours_local._render(c) for c in chats]  # raw gets the rendered prompts for free
-            raw = time_calls(lambda chunk: raw_llama(raw_local, chunk), texts)
-            ours_local._llm.reset()
-            ours = time_calls(partial(follow, ours_local, prefix, task.labels), test)
-            rows.append(compare("llamacpp", common, raw, ours))
 
-            flush_server_cache(url)
-            raw = time_calls(lambda chunk: raw_http(url, chunk), chats)
-            flush_server_cache(url)
-            ours = time_calls(partial(follow, ours_http, prefix, task.labels), test)
-            rows.append(compare("openai", common, raw, ours))
+            def cold_local(run, items):
+                raw_local.reset()  # cold KV cache: each path pays the prefix once
+                ours_local._llm.reset()
+                return time_calls(run, items)
+
+            def cold_server(run, items):
+                flush_server_cache(url)
+                return time_calls(run, items)
+
+            if "llamacpp" in wanted:
+                raw_run = (partial(raw_llama, raw_local), texts)
+                ours_run = (partial(follow, ours_local, prefix, task.labels), test)
+                rows.append(compare("llamacpp", common, *abba(cold_local, raw_run, ours_run)))
+            if "openai" in wanted:
+                raw_run = (partial(raw_http, url), chats)
+                ours_run = (partial(follow, ours_http, prefix, task.labels), test)
+                rows.append(compare("openai", common, *abba(cold_server, raw_run, ours_run)))
+            write_summary(out_path, task.id, rows)
     finally:
         server.terminate()
+
+
+def write_summary(path: Path, task_id: str, rows: list[dict]) -> None:
+    """Rewritten after every prefix size, so a killed run keeps what it measured."""
+    rows = sorted(rows, key=lambda r: (r["target_tokens"], r["backend"]))
     summary = {
         "benchmark": "follower_throughput",
         "model": MODEL,
-        "task": task.id,
+        "task": task_id,
         "n_ctx": N_CTX,
         "max_tokens": FOLLOWER_MAX_TOKENS,
         "goal": "ours >= 0.8 x raw queries per second",
         "goal_met": all(r["ratio_qps"] >= 0.8 for r in rows),
+        "complete": {(r["backend"], r["target_tokens"]) for r in rows} >= {(b, s) for b in BACKENDS for s in SIZES},
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "loadavg_at_end": os.getloadavg()},
         "note": "timed while other benchmarks shared the 2 cores; each path ran twice in the order raw, ours, ours, raw; means shown",
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 def follow(backend, prefix: str, labels: tuple[str, ...], test: list[Example]) -> list[str]:
@@ -175,7 +201,7 @@ def raw_llama(llm: llama_cpp.Llama, texts: list[str]) -> list[str]:
 
 def raw_http(url: str, chats: list) -> list[str]:
     replies = []
-    with httpx.Client(timeout=600) as client:
+    with httpx.Client(timeout=DEFAULT_TIMEOUT) as client:
         for chat in chats:
             body = {"model": MODEL, "messages": chat, "max_tokens": FOLLOWER_MAX_TOKENS, "temperature": 0.0, "seed": 0}
             replies.append(client.post(f"{url}/chat/completions", json=body).json()["choices"][0]["message"]["content"])
@@ -185,7 +211,7 @@ def raw_http(url: str, chats: list) -> list[str]:
 def flush_server_cache(url: str) -> None:
     """Replace the server's cached prefix with an unrelated prompt, so the next path starts cold."""
     body = {"model": MODEL, "messages": [{"role": "user", "content": "Hello."}], "max_tokens": 1}
-    httpx.post(f"{url}/chat/completions", json=body, timeout=600)
+    httpx.post(f"{url}/chat/completions", json=body, timeout=DEFAULT_TIMEOUT)
 
 
 def start_server(gguf: Path) -> tuple[subprocess.Popen, str]:

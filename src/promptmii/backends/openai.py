@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 MAX_BACKOFF_SECONDS = 30.0
+# A request's time includes its wait in the server's queue and the prefill of its prompt: a CPU server
+# behind a 10k-token ICL prompt took ~6 min for the first query (bench/follower_throughput.py).
+DEFAULT_TIMEOUT = 900.0
 DEFAULT_CONTEXT = 32_768  # used only when neither the server nor the spec says
 CONSTRAIN_STYLES = ("grammar", "vllm", "sglang", "none")
 OPTIONS = ("api_key_env", "concurrency", "timeout", "retries", "context", "tokenizer", "constrain")
@@ -49,7 +52,7 @@ class OpenAIBackend:
         *,
         api_key_env: str = "OPENAI_API_KEY",
         concurrency: int = 8,
-        timeout: float = 120.0,
+        timeout: float = DEFAULT_TIMEOUT,
         retries: int = 5,
         context: int | None = None,
         tokenizer: str | None = None,
