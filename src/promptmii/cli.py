@@ -1,4 +1,4 @@
-"""The `promptmii` command: induce, eval, models. The only place logging and output formats live.
+"""The `promptmii` command: induce, eval, models, train, export. The only place logging and output formats live.
 
 Results go to stdout (a table on a terminal, JSON lines otherwise), progress bars and logs to stderr,
 so `promptmii eval ... | jq` works. Every PromptMIIError becomes one `Error:` line and exit 1.
@@ -241,6 +241,74 @@ def models_cmd(prepare: bool, fmt: str | None) -> None:
         click.echo(_render(rows, fmt, columns))
 
 
+def _train_options(f: Any) -> Any:
+    """One option per TrainConfig field, so the CLI and the dataclass cannot drift apart."""
+    from dataclasses import MISSING, fields
+
+    from promptmii.train import TrainConfig
+
+    for spec in reversed(fields(TrainConfig)):
+        flag = spec.name.replace("_", "-")
+        help_text = spec.metadata.get("help", "")
+        if spec.default is MISSING:
+            f = click.option(f"--{flag}", spec.name, required=True, help=help_text)(f)
+        elif isinstance(spec.default, bool):
+            f = click.option(
+                f"--{flag}/--no-{flag}", spec.name, default=spec.default, show_default=True, help=help_text
+            )(f)
+        else:
+            f = click.option(
+                f"--{flag}", spec.name, type=type(spec.default), default=spec.default, show_default=True, help=help_text
+            )(f)
+    return f
+
+
+@main.command(name="train", context_settings=CONTEXT)
+@_train_options
+@click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
+@click.option("--dry-run", is_flag=True, help="Check config and data, print the per-step cost, train nothing.")
+def train_cmd(resume: bool, dry_run: bool, **fields: Any) -> None:
+    """Meta-train the instruction generator with GRPO (TRL) on the corpus's train split.
+
+    Reward: the frozen follower's macro-F1 on each task's m fixed examples with the generated
+    instruction. Validation (greedy, validation split) every --eval-steps; checkpoints every
+    --save-steps; a killed run continues with --resume. Defaults are the CPU settings
+    (LoRA on the bundled 0.5B); docs/training.md maps every paper setting to its option.
+
+    Example:
+
+        promptmii train --corpus ../shared/corpus --output runs/grpo-cpu --max-steps 50
+    """
+    from promptmii import train
+
+    with _errors_as_one_line():
+        fields["corpus"] = str(Path(fields["corpus"]).resolve())
+        config = train.TrainConfig(**fields)
+        if dry_run:
+            click.echo(json.dumps(asdict(train.dry_run(config)), indent=2))
+            return
+        click.echo(json.dumps(train.train(config, resume=resume), indent=2))
+
+
+@main.command(name="export", context_settings=CONTEXT)
+@click.argument("run", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="GGUF path [RUN/adapter.gguf].")
+def export_cmd(run: Path, output: Path | None) -> None:
+    """Write a training run's LoRA adapter as a GGUF, so llama.cpp serves the trained generator.
+
+    Afterwards `--generator llamacpp:RUN` uses the bundled GGUF plus this adapter (fast path);
+    `--generator RUN` keeps using transformers.
+
+    Example:
+
+        promptmii export runs/grpo-cpu && promptmii induce data.csv --methods promptmii --generator llamacpp:runs/grpo-cpu
+    """
+    from promptmii.export import export_adapter
+
+    with _errors_as_one_line():
+        click.echo(str(export_adapter(run, output)))
+
+
 # ------------------------------------------------------------------ helpers
 
 
@@ -310,3 +378,7 @@ class _errors_as_one_line:  # noqa: N801 (used like a function: `with _errors_as
             click.echo("\ninterrupted: finished rows are saved; run the same command again to resume", err=True)
             sys.exit(130)
         return False
+
+
+if __name__ == "__main__":  # `python -m promptmii.cli`, e.g. under `accelerate launch -m`
+    main()

@@ -240,3 +240,29 @@ def ensure_dequantized(name: str) -> Path:
 
 def _is_checkpoint(path: Path) -> bool:
     return (path / "config.json").exists() and any(path.glob("*.safetensors"))
+
+
+# ---------------------------------------------------------------- trained generators (`promptmii train`)
+
+# A training run directory holds its config, the LoRA adapter written when training ends, and (after
+# `promptmii export`) that adapter as a GGUF that llama.cpp applies to the policy's bundled model.
+RUN_CONFIG = "promptmii_train.json"
+ADAPTER_DIR = "adapter"
+EXPORTED_ADAPTER = "adapter.gguf"
+
+
+def is_training_run(path: Path) -> bool:
+    return (path / RUN_CONFIG).is_file()
+
+
+def run_policy(run: Path) -> str:
+    """The policy (bundled model name or model directory) a training run started from."""
+    return json.loads((run / RUN_CONFIG).read_text(encoding="utf-8"))["policy"]
+
+
+def policy_path(policy: str) -> Path:
+    """A policy as a transformers model directory: a directory as given, a bundled name dequantized once."""
+    path = Path(policy).expanduser()
+    if path.is_dir():
+        return path
+    return ensure_dequantized(policy)

@@ -11,9 +11,11 @@ import difflib
 import json
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from promptmii.errors import BackendError
+from promptmii.models import is_training_run
 
 Chat = list[dict[str, str]]  # OpenAI-style messages: [{"role": "user", "content": "..."}]
 
@@ -88,7 +90,9 @@ def get_backend(spec: str) -> Backend:
 
     `llamacpp:qwen2.5-coder-1.5b-instruct` or `llamacpp:/path/model.gguf` (in-process llama.cpp),
     `openai:MODEL@http://127.0.0.1:8080/v1[?options]` (any OpenAI-compatible server),
-    `hf:qwen2.5-coder-0.5b-instruct` or `hf:/path/to/model_dir` (transformers).
+    `hf:qwen2.5-coder-0.5b-instruct` or `hf:/path/to/model_dir` (transformers),
+    `runs/NAME` (a trained generator from `promptmii train`, on transformers; after `promptmii export`
+    also `llamacpp:runs/NAME`, the base GGUF with the exported LoRA adapter).
 
     The generator and follower are often the same model: sharing one instance halves memory and load
     time on a laptop.
@@ -96,6 +100,8 @@ def get_backend(spec: str) -> Backend:
     if spec in _LOADED:
         return _LOADED[spec]
     scheme, sep, target = spec.partition(":")
+    if not sep and is_training_run(Path(spec).expanduser()):  # a trained generator: transformers loads it
+        scheme, sep, target = "hf", ":", spec
     if not sep or not target:
         raise BackendError(
             f"backend spec '{spec}' must look like SCHEME:MODEL, e.g. llamacpp:qwen2.5-coder-1.5b-instruct"

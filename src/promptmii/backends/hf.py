@@ -6,8 +6,9 @@ RNG; `choices` become real constrained decoding (only the labels' token paths ar
 scores reuse the prompt's KV cache, and only the label positions' logits are ever materialised
 (full logits over a 151k vocabulary are gigabytes for long prompts, RUNTIME.md).
 
-Spec: `hf:qwen2.5-coder-0.5b-instruct` (bundled; converted once into $PROMPTMII_HOME/models) or
-`hf:/path/to/model_dir` (anything `from_pretrained` reads offline).
+Spec: `hf:qwen2.5-coder-0.5b-instruct` (bundled; converted once into $PROMPTMII_HOME/models),
+`hf:/path/to/model_dir` (anything `from_pretrained` reads offline), or `hf:runs/NAME` (a `promptmii train`
+run: its base policy with the trained LoRA adapter merged in; plain `runs/NAME` means the same).
 """
 
 from __future__ import annotations
@@ -32,41 +33,61 @@ class HFBackend:
 
     token_counter = "hf"  # the model's own tokenizer and chat template
 
-    def __init__(self, path: Path, model_id: str, device: str | None = None):
-        try:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError:
-            raise BackendError("the hf backend needs transformers and torch: pip install -e '.[hf]'") from None
-        self._torch = torch
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(path)
-            self.model = AutoModelForCausalLM.from_pretrained(
-                path,
-                dtype=torch.bfloat16 if self.device == "cuda" else torch.float32,
-                attn_implementation="eager" if self.device == "cpu" else "sdpa",
-            ).to(self.device)
-        except (OSError, ValueError) as e:
-            raise ModelFileError(f"{path}: transformers cannot load this model ({e})") from None
-        if not self.tokenizer.chat_template:
-            raise ModelFileError(f"{path}: the tokenizer has no chat template; promptmii needs an instruct model")
-        self.model.eval()
+    def __init__(self, model: Any, tokenizer: Any, model_id: str):
+        """Wrap a loaded model (the training loop's policy, for validation) or use `load`/`from_spec`."""
+        self._torch, _ = _import_torch()
+        if not tokenizer.chat_template:
+            raise ModelFileError(f"{model_id}: the tokenizer has no chat template; promptmii needs an instruct model")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.device = str(next(model.parameters()).device)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model_id = model_id
-        self.context_length = int(getattr(self.model.config, "max_position_embeddings", 32_768))
+        self.context_length = int(getattr(model.config, "max_position_embeddings", 32_768))
+
+    @classmethod
+    def load(cls, path: Path, model_id: str, device: str | None = None, adapter: Path | None = None) -> HFBackend:
+        """Load a model directory (and a LoRA adapter merged into it) for inference."""
+        torch, transformers = _import_torch()
+        device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        try:
+            tokenizer = transformers.AutoTokenizer.from_pretrained(path)
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                path,
+                dtype=torch.bfloat16 if device == "cuda" else torch.float32,
+                attn_implementation="eager" if device == "cpu" else "sdpa",
+            )
+        except (OSError, ValueError) as e:
+            raise ModelFileError(f"{path}: transformers cannot load this model ({e})") from None
+        if adapter is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        model.to(device).eval()
+        return cls(model, tokenizer, model_id)
 
     @classmethod
     def from_spec(cls, target: str) -> HFBackend:
         path = Path(target).expanduser()
+        if models.is_training_run(path):
+            return cls.from_training_run(path)
         if os.sep in target or path.is_dir():
             if not (path / "config.json").is_file():
                 raise ModelFileError(f"{path}: not a transformers model directory (no config.json)")
-            return cls(path, f"{path.name}@{_weights_digest(path)[:12]}")
+            return cls.load(path, f"{path.name}@{_weights_digest(path)[:12]}")
         model = models.lookup(target)
-        return cls(models.ensure_dequantized(target), f"{model.name}-q4_k_m-dequantized@{model.sha256[:12]}")
+        return cls.load(models.ensure_dequantized(target), f"{model.name}-q4_k_m-dequantized@{model.sha256[:12]}")
+
+    @classmethod
+    def from_training_run(cls, run: Path) -> HFBackend:
+        """The policy of a `promptmii train` run: its base model with the trained LoRA adapter merged in."""
+        adapter = run / models.ADAPTER_DIR
+        if not (adapter / "adapter_config.json").is_file():
+            raise ModelFileError(f"{run}: no trained adapter yet ({models.ADAPTER_DIR}/ is written when training ends)")
+        base = models.policy_path(models.run_policy(run))
+        return cls.load(base, f"{run.resolve().name}-lora@{_weights_digest(adapter)[:12]}", adapter=adapter)
 
     # ------------------------------------------------------------ the Backend protocol
 
@@ -180,6 +201,15 @@ class HFBackend:
             return sorted(following)
 
         return allowed
+
+
+def _import_torch() -> tuple[Any, Any]:
+    try:
+        import torch
+        import transformers
+    except ImportError:
+        raise BackendError("the hf backend needs transformers and torch: pip install -e '.[hf]'") from None
+    return torch, transformers
 
 
 def _weights_digest(path: Path) -> str:

@@ -36,7 +36,14 @@ class LlamaCppBackend:
 
     token_counter = "llamacpp"  # the GGUF's own tokenizer and chat template
 
-    def __init__(self, path: Path, model_id: str, n_ctx: int | None = None, n_threads: int | None = None):
+    def __init__(
+        self,
+        path: Path,
+        model_id: str,
+        n_ctx: int | None = None,
+        n_threads: int | None = None,
+        lora: Path | None = None,
+    ):
         try:
             import llama_cpp
         except ImportError:
@@ -49,13 +56,14 @@ class LlamaCppBackend:
                     f"{path}: not a GGUF file (bad magic bytes); the file is corrupt or another format"
                 )
         threads = n_threads or len(os.sched_getaffinity(0))
+        settings = {"n_threads": threads, "n_threads_batch": threads, "verbose": False}
+        if lora is not None:  # a LoRA adapter GGUF (promptmii export), applied at run time
+            settings["lora_path"] = str(lora)
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(path),
                 n_ctx=n_ctx or 0,  # 0 = the model's trained context, capped below
-                n_threads=threads,
-                n_threads_batch=threads,
-                verbose=False,
+                **settings,
             )
         except (ValueError, RuntimeError) as e:
             raise ModelFileError(
@@ -63,9 +71,7 @@ class LlamaCppBackend:
             ) from None
         if self._llm.n_ctx() > MAX_CONTEXT and not n_ctx:
             del self._llm
-            self._llm = llama_cpp.Llama(
-                model_path=str(path), n_ctx=MAX_CONTEXT, n_threads=threads, n_threads_batch=threads, verbose=False
-            )
+            self._llm = llama_cpp.Llama(model_path=str(path), n_ctx=MAX_CONTEXT, **settings)
         self._llama_cpp = llama_cpp
         # Free the model before interpreter teardown; Llama.__del__ at exit finds its C bindings gone.
         atexit.register(self._llm.close)
@@ -84,7 +90,10 @@ class LlamaCppBackend:
 
     @classmethod
     def from_spec(cls, target: str) -> LlamaCppBackend:
-        """`target` is a bundled model name or a path to a .gguf file."""
+        """`target` is a bundled model name, a path to a .gguf file, or an exported training run."""
+        run = Path(target).expanduser()
+        if models.is_training_run(run):
+            return cls.from_training_run(run)
         if target.endswith(".gguf") or os.sep in target:
             path = Path(target).expanduser()
             if not path.is_file():
@@ -92,6 +101,20 @@ class LlamaCppBackend:
             return cls(path, f"{path.name}@{models.file_sha256(path)[:12]}")
         model = models.lookup(target)
         return cls(models.ensure_bundled(target), f"{model.name}-q4_k_m@{model.sha256[:12]}")
+
+    @classmethod
+    def from_training_run(cls, run: Path) -> LlamaCppBackend:
+        """A trained generator on llama.cpp: the policy's bundled GGUF plus the adapter `promptmii export` wrote."""
+        adapter = run / models.EXPORTED_ADAPTER
+        if not adapter.is_file():
+            raise ModelFileError(f"{run}: no {models.EXPORTED_ADAPTER}; run `promptmii export {run}` first")
+        policy = models.run_policy(run)
+        if Path(policy).expanduser().is_dir():
+            raise ModelFileError(
+                f"{run}: the policy {policy} is a transformers directory; llama.cpp needs its GGUF (use hf:{run})"
+            )
+        name = f"{run.resolve().name}-lora@{models.file_sha256(adapter)[:12]}"
+        return cls(models.ensure_bundled(policy), name, lora=adapter)
 
     # ------------------------------------------------------------ the Backend protocol
 

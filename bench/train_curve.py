@@ -1,0 +1,102 @@
+"""Real GRPO meta-training on CPU, as many steps as fit, resumable across sittings.
+
+The CPU defaults of `promptmii train` (docs/training.md): LoRA on the bundled Qwen2.5-Coder-0.5B,
+the bundled 1.5B in llama.cpp as follower, 2 meta-prompts x 5 rollouts per step, m=20, validation on
+all validation-split tasks every 10 steps. The run directory (checkpoints, ~100 MB each) lives in
+runs/bench-grpo-cpu (git-ignored); its logs, the plot and the summary are copied to bench/results/.
+
+    python bench/train_curve.py --max-steps 30        # start, or continue to step 30
+    python bench/train_curve.py --summarize-only      # rewrite train_curve.json from the logs so far
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from promptmii import models
+from promptmii.train import TrainConfig, train
+
+ROOT = Path(__file__).resolve().parent
+RUN = ROOT.parent / "runs" / "bench-grpo-cpu"
+LOG_FILES = ("metrics.jsonl", "validation.jsonl", "run_log.jsonl", "rollouts.jsonl", models.RUN_CONFIG)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", default=str((ROOT.parent.parent / "shared" / "corpus").resolve()))
+    parser.add_argument("--run", default=str(RUN))
+    parser.add_argument("--max-steps", type=int, default=30)
+    parser.add_argument("--summarize-only", action="store_true")
+    args = parser.parse_args()
+
+    run = Path(args.run)
+    if not args.summarize_only:
+        config = TrainConfig(corpus=args.corpus, output=str(run), max_steps=args.max_steps)
+        train(config, resume=(run / models.RUN_CONFIG).is_file())
+    results = ROOT / "results"
+    logs = results / "train_curve_logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    for name in LOG_FILES:
+        if (run / name).is_file():
+            shutil.copy(run / name, logs / name)
+    if (run / "training.png").is_file():
+        shutil.copy(run / "training.png", results / "train_curve.png")
+    summary = summarize(run)
+    (results / "train_curve.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in summary.items() if k != "steps"}, indent=2))
+
+
+def summarize(run: Path) -> dict:
+    metrics = _read(run / "metrics.jsonl")
+    validation = {r["step"]: r for r in _read(run / "validation.jsonl")}
+    steps = [
+        {
+            "step": r["step"],
+            "train_reward": r.get("reward"),
+            "train_reward_std": r.get("reward_std"),
+            "frac_reward_zero_std": r.get("frac_reward_zero_std"),
+            "loss": r.get("loss"),
+            "validation_f1": validation.get(r["step"], {}).get("validation_f1"),
+            "seconds_per_step": r.get("seconds_per_step"),
+            "peak_rss_mb": r.get("peak_rss_mb"),
+        }
+        for r in metrics
+    ]
+    rewards = [s["train_reward"] for s in steps if s["train_reward"] is not None]
+    window = max(1, min(10, len(rewards) // 2))
+    config = json.loads((run / models.RUN_CONFIG).read_text()) if (run / models.RUN_CONFIG).is_file() else {}
+    return {
+        "benchmark": "train_curve",
+        "config": {k: v for k, v in config.items() if k not in ("corpus", "output")},
+        "steps_done": len(steps),
+        "validation": [{"step": s, "validation_f1": r["validation_f1"]} for s, r in sorted(validation.items())],
+        "train_reward_first_window": _mean(rewards[:window]),
+        "train_reward_last_window": _mean(rewards[-window:]),
+        "window": window,
+        "mean_seconds_per_step": _mean([s["seconds_per_step"] for s in steps if s["seconds_per_step"]]),
+        "peak_rss_mb": max((s["peak_rss_mb"] or 0 for s in steps), default=None),
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "loadavg_at_end": os.getloadavg()},
+        "note": "seconds per step include validation on eval steps and other benchmarks sharing the 2 cores",
+        "steps": steps,
+    }
+
+
+def _read(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _mean(values: list) -> float | None:
+    return round(sum(values) / len(values), 4) if values else None
+
+
+if __name__ == "__main__":
+    main()
