@@ -316,3 +316,35 @@ def test_lora_tensor_names_follow_llama_cpp() -> None:
     )
     with pytest.raises(PromptMIIError, match=r"no llama\.cpp name"):
         gguf_tensor_name("base_model.model.lm_head.lora_A.weight")
+
+
+def test_a_trained_run_is_a_generator_for_induce_and_eval(tmp_path, corpus, tiny_policy, random_follower):
+    train(tiny_config(tmp_path, tiny_policy, max_steps=1, eval_steps=0))
+    run = str(tmp_path / "run")
+    data = tmp_path / "data.csv"
+    data.write_text("text,label\n" + "".join(f'"{e.text}",{e.label}\n' for e in sentiment_examples(40)))
+    common = ["--follower", "fake:follower", "--generator", run, "--max-instruction-tokens", "8", "--no-cache"]
+    result = CliRunner().invoke(main, ["induce", str(data), "--no-eval", "--n", "5", "--m", "10", *common])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(
+        main,
+        [
+            "eval",
+            "--tasks",
+            str(data),
+            "--methods",
+            "promptmii",
+            "--n",
+            "5",
+            "--m",
+            "10",
+            "-o",
+            str(tmp_path / "ev"),
+            *common,
+            "--format",
+            "jsonl",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    [row] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert row["method"] == "promptmii" and row["generator"].startswith("run-lora@") and row["m"] == 10

@@ -28,6 +28,8 @@ from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch or llama.cpp start (RUNTIME.md)
 
+from tqdm import tqdm
+
 from promptmii import models, prompts
 from promptmii.backends import get_backend
 from promptmii.cache import CachedBackend
@@ -443,7 +445,7 @@ class Validator:
         started = time.time()
         per_task = {}
         try:
-            for task in self.tasks:
+            for task in tqdm(self.tasks, desc=f"validation at step {step}", unit="task", leave=False):
                 n = min(self.config.validation_n, len(task.train))
                 shots, test = draw(task, n, self.config.m, self.config.seed)
                 instruction = induce(shots, task.labels, policy, induce_config)

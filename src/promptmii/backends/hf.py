@@ -1,6 +1,6 @@
 """transformers adapter: a local model directory or a bundled model (dequantized), CPU or GPU.
 
-This is the backend the training issue loads its policy with, so it exposes `model` and `tokenizer`.
+`promptmii train` validates its policy through this backend, so it exposes `model` and `tokenizer`.
 Generation is batched with left padding; sampling is seeded per call without touching the global
 RNG; `choices` become real constrained decoding (only the labels' token paths are allowed); label
 scores reuse the prompt's KV cache, and only the label positions' logits are ever materialised
