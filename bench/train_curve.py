@@ -2,7 +2,7 @@
 
 The CPU defaults of `promptmii train` (docs/training.md): LoRA on the bundled Qwen2.5-Coder-0.5B,
 the bundled 1.5B in llama.cpp as follower, 2 meta-prompts x 5 rollouts per step, m=20, validation on
-all validation-split tasks every 10 steps. The run directory (checkpoints, ~100 MB each) lives in
+all validation-split tasks every 10 steps, a checkpoint every step. The run directory (checkpoints, ~100 MB each) lives in
 runs/bench-grpo-cpu (git-ignored); its logs, the plot and the summary are copied to bench/results/.
 
     python bench/train_curve.py --max-steps 30        # start, or continue to step 30
@@ -38,7 +38,8 @@ def main() -> None:
 
     run = Path(args.run)
     if not args.summarize_only:
-        config = TrainConfig(corpus=args.corpus, output=str(run), max_steps=args.max_steps)
+        # a checkpoint every step: a CPU step takes ~15 min, and a sitting can end at any moment
+        config = TrainConfig(corpus=args.corpus, output=str(run), max_steps=args.max_steps, save_steps=1)
         train(config, resume=(run / models.RUN_CONFIG).is_file())
     results = ROOT / "results"
     logs = results / "train_curve_logs"

@@ -381,9 +381,9 @@ def _prepare_output(out: Path, config: TrainConfig, resume: bool) -> Path | None
     out.mkdir(parents=True, exist_ok=True)
     _write_json(stored_path, asdict(config))
     last = get_last_checkpoint(str(out)) if resume else None
-    if last:
-        step = int(Path(last).name.split("-")[-1])
-        for name in ("metrics.jsonl", "validation.jsonl", "rollouts.jsonl"):  # steps after it will be redone
+    if resume:  # steps after the checkpoint (all of them, without one) are redone: drop their log rows
+        step = int(Path(last).name.split("-")[-1]) if last else 0
+        for name in ("metrics.jsonl", "validation.jsonl", "rollouts.jsonl"):
             _truncate_after(out / name, step)
     return Path(last) if last else None
 
