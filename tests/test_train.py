@@ -8,6 +8,7 @@ on the real bundled 0.5B with a real llama.cpp follower is in test_train_real.py
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -18,6 +19,7 @@ from click.testing import CliRunner
 from conftest import sentiment_examples, write_corpus
 from fakes import FakeBackend, query_input
 from promptmii import models
+from promptmii.backends import GenParams
 from promptmii.cli import main
 from promptmii.data import Example, Task
 from promptmii.errors import DataError, PromptMIIError
@@ -155,15 +157,22 @@ def test_bad_configs_fail_with_one_clear_message(tmp_path: Path, changes: dict, 
 
 @pytest.fixture(scope="session")
 def tiny_policy(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Path:
-    """A 2-layer random Qwen2 with the bundled model's tokenizer and chat template: GRPO steps in seconds."""
+    """A 2-layer random Qwen2 with the bundled model's tokenizer and chat template: GRPO steps in seconds.
+
+    PROMPTMII_TINY_BASE may name a directory holding only the 0.5B's config.json and tokenizer files
+    (`python tests/test_train.py --tiny-base DIR` writes one): the weights are random anyway, so a GPU
+    machine without the bundled model (and without llama.cpp) can run these tests.
+    """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("PROMPTMII_HOME", str(model_store.parent / "tiny-home"))
-        (model_store.parent / "tiny-home").mkdir(exist_ok=True)
-        if not (model_store.parent / "tiny-home" / "models").exists():
-            (model_store.parent / "tiny-home" / "models").symlink_to(model_store)
-        base = models.ensure_dequantized("qwen2.5-coder-0.5b-instruct")
+    base = os.environ.get("PROMPTMII_TINY_BASE")
+    if not base:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("PROMPTMII_HOME", str(model_store.parent / "tiny-home"))
+            (model_store.parent / "tiny-home").mkdir(exist_ok=True)
+            if not (model_store.parent / "tiny-home" / "models").exists():
+                (model_store.parent / "tiny-home" / "models").symlink_to(model_store)
+            base = models.ensure_dequantized("qwen2.5-coder-0.5b-instruct")
     config = AutoConfig.from_pretrained(base)
     config.update({"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2})
     config.update({"num_hidden_layers": 2, "head_dim": 16, "layer_types": config.layer_types[:2]})
@@ -348,3 +357,48 @@ def test_a_trained_run_is_a_generator_for_induce_and_eval(tmp_path, corpus, tiny
     assert result.exit_code == 0, result.output
     [row] = [json.loads(line) for line in result.stdout.splitlines()]
     assert row["method"] == "promptmii" and row["generator"].startswith("run-lora@") and row["m"] == 10
+
+
+# ---------------------------------------------------------------- on a GPU (skipped without one)
+
+needs_cuda = pytest.mark.skipif(
+    not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine: docs/training.md)"
+)
+
+
+@needs_cuda
+def test_grpo_steps_run_on_the_gpu_in_bf16_and_move_the_lora_weights(tmp_path, corpus, tiny_policy, random_follower):
+    import torch
+    from safetensors.torch import load_file
+
+    from promptmii.backends.hf import HFBackend
+
+    torch.cuda.reset_peak_memory_stats()
+    summary = train(tiny_config(tmp_path, tiny_policy, eval_steps=0))
+    assert summary["steps"] == 2 and torch.cuda.max_memory_allocated() > 0
+    assert grpo_args(tiny_config(tmp_path, tiny_policy), use_cuda=True).bf16
+    run = tmp_path / "run"
+    weights = load_file(str(run / models.ADAPTER_DIR / "adapter_model.safetensors"))
+    assert any(torch.count_nonzero(t) > 0 for k, t in weights.items() if "lora_B" in k)
+    generator = HFBackend.load(Path(tiny_policy), "tiny", adapter=run / models.ADAPTER_DIR)
+    assert generator.device.startswith("cuda") and next(generator.model.parameters()).dtype == torch.bfloat16
+    chat = [{"role": "user", "content": "Write an instruction."}]
+    [first] = generator.generate([chat], GenParams(max_tokens=8))
+    [again] = generator.generate([chat], GenParams(max_tokens=8))
+    assert first.error is None and first.text == again.text  # greedy on the GPU is repeatable
+    logprobs = generator.label_logprobs(chat, ["positive", "negative"])  # the `score` decoding mode
+    assert set(logprobs) == {"positive", "negative"} and all(v < 0 for v in logprobs.values())
+
+
+if __name__ == "__main__":  # write the PROMPTMII_TINY_BASE directory for a machine without the bundled model
+    import argparse
+
+    from transformers import AutoTokenizer
+
+    parser = argparse.ArgumentParser(description="copy the bundled 0.5B's config and tokenizer (no weights)")
+    parser.add_argument("--tiny-base", required=True)
+    target = Path(parser.parse_args().tiny_base)
+    base = models.ensure_dequantized("qwen2.5-coder-0.5b-instruct")
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(base / "config.json", target / "config.json")
+    AutoTokenizer.from_pretrained(base).save_pretrained(target)
