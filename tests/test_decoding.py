@@ -75,6 +75,14 @@ def test_label_scores_are_cached(tmp_path: Path) -> None:
     assert len(inner.scored) == 1
 
 
+def test_cached_label_scores_count_as_cache_hits(tmp_path: Path) -> None:
+    cached = CachedBackend(FakeBackend(scorer=biased_scorer), tmp_path / "cache.sqlite")
+    test = sentiment_examples(6)
+    first = run_follower(cached, "x", LABELS, test, decoding="score")
+    again = run_follower(cached, "x", LABELS, test, decoding="score-calibrated")  # the 6 scorings repeat
+    assert (first.cache_hits, again.cache_hits, again.calls) == (0, 6, 7)
+
+
 def test_decoding_is_recorded_and_separates_done_keys(tmp_path: Path, register_backend) -> None:
     follower = register_backend("fake:scorer", FakeBackend("scorer", scorer=biased_scorer, rule=lambda c: "positive"))
     task = Task("s", LABELS, tuple(sentiment_examples(20)), tuple(sentiment_examples(10, 100)))

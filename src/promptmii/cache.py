@@ -60,6 +60,7 @@ class CachedBackend:
         self.model_id = backend.model_id
         self.context_length = backend.context_length
         self._kind = type(backend).__name__
+        self.score_hits = 0  # label scorings answered from the cache (Generation.cached covers the rest)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path))
         self._db.executescript(SCHEMA)
@@ -86,6 +87,7 @@ class CachedBackend:
         key = scores_key(self._kind, self.model_id, prompt, labels)
         row = self._db.execute("SELECT scores FROM label_scores WHERE key = ?", (key,)).fetchone()
         if row:
+            self.score_hits += 1
             return json.loads(row[0])
         scores = self.backend.label_logprobs(prompt, labels)
         self._db.execute(

@@ -88,6 +88,7 @@ def run_follower(
     if decoding not in DECODING:
         raise DataError(f"unknown decoding mode '{decoding}'; modes are: {', '.join(DECODING)}")
     chats = [prompts.follower_prompt(prefix, labels, e.text) for e in test]
+    score_hits_before = getattr(follower, "score_hits", 0)  # a CachedBackend counts label scorings it answered
     extra_calls = 0
     if decoding.startswith("score"):
         baseline = None
@@ -123,7 +124,7 @@ def run_follower(
         prompt_tokens=sum(g.prompt_tokens for g in generations),
         completion_tokens=sum(g.completion_tokens for g in generations),
         calls=len(generations) + extra_calls,
-        cache_hits=sum(g.cached for g in generations),
+        cache_hits=sum(g.cached for g in generations) + getattr(follower, "score_hits", 0) - score_hits_before,
         seconds=sum(g.seconds for g in generations),
     )
 
