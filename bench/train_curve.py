@@ -3,7 +3,8 @@
 The CPU defaults of `promptmii train` (docs/training.md): LoRA on the bundled Qwen2.5-Coder-0.5B,
 the bundled 1.5B in llama.cpp as follower, 2 meta-prompts x 5 rollouts per step, m=20, validation on
 all validation-split tasks every 10 steps, a checkpoint every step. The run directory (checkpoints, ~100 MB each) lives in
-runs/bench-grpo-cpu (git-ignored); its logs, the plot and the summary are copied to bench/results/.
+$PROMPTMII_HOME/runs/bench-grpo-cpu, beside the model cache, so that it outlives a fresh checkout of the repository;
+its logs, the plot and the summary are copied to bench/results/.
 
     python bench/train_curve.py --max-steps 30        # start, or continue to step 30
     python bench/train_curve.py --summarize-only      # rewrite train_curve.json from the logs so far
@@ -24,7 +25,7 @@ from promptmii import models
 from promptmii.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parent
-RUN = ROOT.parent / "runs" / "bench-grpo-cpu"
+RUN = models.promptmii_home() / "runs" / "bench-grpo-cpu"
 LOG_FILES = ("metrics.jsonl", "validation.jsonl", "run_log.jsonl", "rollouts.jsonl", models.RUN_CONFIG)
 
 

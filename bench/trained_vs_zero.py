@@ -27,7 +27,7 @@ from promptmii.export import export_adapter
 from promptmii.results import ResultsDir, read_results
 
 ROOT = Path(__file__).resolve().parent
-RUN = ROOT.parent / "runs" / "bench-grpo-cpu"
+RUN = models.promptmii_home() / "runs" / "bench-grpo-cpu"
 FOLLOWER = f"llamacpp:{models.DEFAULT_MODEL}"
 POLICY = f"llamacpp:{models.FAST_MODEL}"
 METHODS = ("promptmii", "promptmii-zero")
