@@ -240,6 +240,12 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, corpus, tiny_policy
     assert [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2]  # step 1 not redone
 
 
+def test_resume_validates_only_at_validation_steps(tmp_path, corpus, tiny_policy, random_follower):
+    train(tiny_config(tmp_path, tiny_policy, max_steps=1, eval_steps=2))
+    train(tiny_config(tmp_path, tiny_policy, max_steps=2, eval_steps=2), resume=True)
+    assert [r["step"] for r in read_jsonl(tmp_path / "run" / "validation.jsonl")] == [0, 2]  # none at resume step 1
+
+
 def test_a_follower_that_dies_mid_run_stops_training_and_keeps_the_checkpoint(
     tmp_path, corpus, tiny_policy, register_backend
 ):

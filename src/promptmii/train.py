@@ -478,8 +478,12 @@ class RunLogger(TrainerCallback):
         self.last_log = time.time()
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.config.eval_steps and not any(r["step"] == state.global_step for r in self.validator.history):
-            self.validator.run(state.global_step)  # the paper validates before training too
+        # The paper validates before training too. On resume this only fills a validation step that a kill
+        # interrupted; validating at every resume step would cost a validation per restart.
+        step = state.global_step
+        if self.config.eval_steps and step % self.config.eval_steps == 0:
+            if not any(r["step"] == step for r in self.validator.history):
+                self.validator.run(step)
         self.last_log = time.time()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
