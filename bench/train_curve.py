@@ -6,7 +6,8 @@ all validation-split tasks every 10 steps, a checkpoint every step. The run dire
 $PROMPTMII_HOME/runs/bench-grpo-cpu, beside the model cache, so that it outlives a fresh checkout of the repository;
 its logs, the plot and the summary are copied to bench/results/.
 
-    python bench/train_curve.py --max-steps 20        # start, or continue to step 20
+    python bench/train_curve.py --max-steps 10        # start, or continue to step 10 (the committed run)
+    python bench/train_curve.py --max-steps 20        # continue the same run further; it resumes
     python bench/train_curve.py --summarize-only      # rewrite train_curve.json from the logs so far
 """
 
@@ -33,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default=str((ROOT.parent.parent / "shared" / "corpus").resolve()))
     parser.add_argument("--run", default=str(RUN))
-    parser.add_argument("--max-steps", type=int, default=20)
+    parser.add_argument("--max-steps", type=int, default=10)
     parser.add_argument("--summarize-only", action="store_true")
     args = parser.parse_args()
 
