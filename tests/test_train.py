@@ -7,6 +7,7 @@ on the real bundled 0.5B with a real llama.cpp follower is in test_train_real.py
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -124,6 +125,28 @@ def test_overlong_meta_prompts_are_dropped_and_counted(tmp_path: Path) -> None:
     assert report.dropped_too_long > 0
     assert all(word_count(r["prompt"]) <= 120 for r in rows)
     assert f"dropped {report.dropped_too_long} meta-prompts" in report.line()
+
+
+def test_rollout_engines_map_to_trl_vllm_fields(tmp_path: Path) -> None:
+    assert not grpo_args(config_for(tmp_path)).use_vllm
+    colocate = grpo_args(config_for(tmp_path, rollout_engine="vllm-colocate"))
+    assert (colocate.use_vllm, colocate.vllm_mode, colocate.vllm_max_model_length) == (True, "colocate", 2048 + 256)
+    server = grpo_args(config_for(tmp_path, rollout_engine="vllm-server", vllm_url="http://10.0.0.2:8000"))
+    assert (server.use_vllm, server.vllm_mode, server.vllm_server_base_url) == (True, "server", "http://10.0.0.2:8000")
+    with pytest.raises(PromptMIIError, match="needs --vllm-url"):
+        config_for(tmp_path, rollout_engine="vllm-server")
+    with pytest.raises(PromptMIIError, match="unknown rollout engine 'vllm'"):
+        config_for(tmp_path, rollout_engine="vllm")
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("vllm") is not None and __import__("torch").cuda.is_available(),
+    reason="vLLM rollouts can run here",
+)
+def test_vllm_rollouts_without_vllm_or_a_gpu_fail_before_making_a_run(tmp_path, corpus, tiny_policy) -> None:
+    with pytest.raises(PromptMIIError, match=r"vllm-colocate needs (vLLM|a CUDA GPU)"):
+        train(tiny_config(tmp_path, tiny_policy, rollout_engine="vllm-colocate"))
+    assert not (tmp_path / "run").exists()
 
 
 def test_paper_settings_map_to_trl_fields(tmp_path: Path) -> None:

@@ -47,7 +47,19 @@ DEFAULT_POLICY = "qwen2.5-coder-0.5b-instruct"
 # (REFERENCE.md C: the reference's proportions).
 N_SHARES = ((5, 1.0), (10, 0.3), (20, 0.2), (50, 0.1))
 # Fields that may change when a run is resumed: how long it runs and how often it reports.
-RESUMABLE_CHANGES = ("output", "max_steps", "save_steps", "eval_steps", "validation_tasks")
+# The rollout engine only changes who samples, not what is learned, so it may change too.
+RESUMABLE_CHANGES = (
+    "output",
+    "max_steps",
+    "save_steps",
+    "eval_steps",
+    "validation_tasks",
+    "rollout_engine",
+    "vllm_url",
+)
+# Who samples the rollouts: transformers' generate in the training process, or vLLM (TRL's use_vllm),
+# inside each training process (colocate) or in a `trl vllm-serve` server (server).
+ROLLOUT_ENGINES = ("transformers", "vllm-colocate", "vllm-server")
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,10 @@ class TrainConfig:
     validation_tasks: int = field(default=0, metadata={"help": "validation-split tasks used (0 = all)"})
     validation_n: int = field(default=20, metadata={"help": "examples shown to the policy at validation"})
     gradient_checkpointing: bool = field(default=True, metadata={"help": "trade compute for activation memory"})
+    rollout_engine: str = field(
+        default="transformers", metadata={"help": "who samples rollouts: " + ", ".join(ROLLOUT_ENGINES) + " (GPU)"}
+    )
+    vllm_url: str = field(default="", metadata={"help": "vllm-server: the `trl vllm-serve` URL, http://HOST:PORT"})
     seed: int = field(default=0, metadata={"help": "data selection, shuffling and sampling"})
     cache: bool = field(default=True, metadata={"help": "cache follower calls in $PROMPTMII_HOME/cache.sqlite"})
 
@@ -95,6 +111,12 @@ class TrainConfig:
         for name in ("m", "num_generations", "prompts_per_step", "updates_per_step", "micro_batch_size", "max_steps"):
             if getattr(self, name) < 1:
                 raise PromptMIIError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.rollout_engine not in ROLLOUT_ENGINES:
+            raise PromptMIIError(
+                f"unknown rollout engine '{self.rollout_engine}'; choose one of: {', '.join(ROLLOUT_ENGINES)}"
+            )
+        if self.rollout_engine == "vllm-server" and not self.vllm_url:
+            raise PromptMIIError("--rollout-engine vllm-server needs --vllm-url (where `trl vllm-serve` listens)")
         if self.num_generations < 2:
             raise PromptMIIError("num_generations must be at least 2: GRPO compares rollouts within a group")
         self.completions_per_update  # noqa: B018 (validates the batch geometry)
@@ -166,7 +188,24 @@ def grpo_args(config: TrainConfig, *, use_cuda: bool = False) -> Any:
         disable_dropout=True,
         log_completions=False,  # rollouts.jsonl keeps them, without rich tables on stderr
         shuffle_dataset=True,
+        # rollouts: vLLM samples with the current weights (TRL syncs them, merging a LoRA first)
+        use_vllm=config.rollout_engine != "transformers",
+        vllm_mode="server" if config.rollout_engine == "vllm-server" else "colocate",
+        vllm_server_base_url=config.vllm_url or None,
+        vllm_max_model_length=config.max_prompt_tokens + config.max_completion_tokens,
     )
+
+
+def check_rollout_engine(config: TrainConfig, *, use_cuda: bool) -> None:
+    """vLLM rollouts need the vllm package and a GPU; say so before any run directory is made."""
+    if config.rollout_engine == "transformers":
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        raise PromptMIIError(f"--rollout-engine {config.rollout_engine} needs vLLM: pip install vllm (CUDA machines)")
+    if not use_cuda:
+        raise PromptMIIError(f"--rollout-engine {config.rollout_engine} needs a CUDA GPU; on CPU use transformers")
 
 
 # ---------------------------------------------------------------- data
@@ -305,6 +344,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
 
     out = Path(config.output)
     use_cuda = torch.cuda.is_available()
+    check_rollout_engine(config, use_cuda=use_cuda)
     policy_dir = models.policy_path(config.policy)
     tokenizer = AutoTokenizer.from_pretrained(policy_dir)
     train_tasks = load_split(config.corpus, "train")
