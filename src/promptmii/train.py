@@ -520,15 +520,17 @@ class RunLogger(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # The paper validates before training too. On resume this only fills a validation step that a kill
         # interrupted; validating at every resume step would cost a validation per restart.
-        step = state.global_step
-        if self.config.eval_steps and step % self.config.eval_steps == 0:
-            if not any(r["step"] == step for r in self.validator.history):
-                self.validator.run(step)
+        self._validate_if_due(state.global_step)
         self.last_log = time.time()
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        if self.config.eval_steps and state.global_step % self.config.eval_steps == 0:
-            self.validator.run(state.global_step)
+        self._validate_if_due(state.global_step)
+
+    def _validate_if_due(self, step: int) -> None:
+        """Validate at step 0 and every eval_steps, once per step (a resume keeps the rows up to its checkpoint)."""
+        due = self.config.eval_steps and step % self.config.eval_steps == 0
+        if due and not any(r["step"] == step for r in self.validator.history):
+            self.validator.run(step)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         if not logs or "loss" not in logs:
