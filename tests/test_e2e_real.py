@@ -195,3 +195,31 @@ def test_batched_label_scores_match_token_by_token_scoring(backend) -> None:
         one_by_one = sum(float(_log_softmax(backend._next_token_logits(base + ids[:i]))[t]) for i, t in enumerate(ids))
         assert abs(batched[label] - one_by_one) < 0.5  # batch and single-token kernels round differently
     assert max(batched, key=batched.get) == "card_arrival"
+
+
+def test_ape_and_gepa_search_on_the_real_model(tmp_path: Path) -> None:
+    corpus = write_corpus(
+        tmp_path / "corpus", [tiny_task("review_sentiment", ("positive", POSITIVE), ("negative", NEGATIVE))]
+    )
+    out = tmp_path / "out"
+    args = [
+        "eval", "--tasks", str(corpus), "--methods", "ape,gepa", "--n", "6", "--m", "6", "--ape-budget", "8",
+        "--gepa-budget", "12", "--follower", MODEL, "--base-generator", MODEL, "--max-instruction-tokens", "48",
+        "-o", str(out), "-q",
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    printed = [json.loads(line) for line in result.stdout.splitlines()]  # gepa's log stays out of stdout
+    ape, gepa = read_results(out / "results.jsonl")
+    assert [p["method"] for p in printed] == ["ape", "gepa"]
+    # APE: demo pool 3, held-out 3, so 8 calls buy two candidates; GEPA: trainset 2, valset 4
+    assert ape.search_budget == 8 and 3 <= ape.search_follower_calls <= 8 and ape.generator_calls >= 1
+    assert gepa.search_budget == 12 and 4 <= gepa.search_follower_calls <= 12
+    for row in (ape, gepa):
+        assert row.instruction and row.candidates >= 1 and row.m == 6
+        assert row.follower_calls == 6 + row.search_follower_calls
+        assert row.llm_calls == row.follower_calls + row.generator_calls
+        search_dir = out / "search" / f"review_sentiment.{row.method}.{row.fingerprint}"
+        candidates = [json.loads(line) for line in (search_dir / "candidates.jsonl").read_text().splitlines()]
+        assert row.instruction in [c["instruction"] for c in candidates]
+    assert (out / "search" / f"review_sentiment.gepa.{gepa.fingerprint}" / "gepa" / "gepa_state.bin").exists()

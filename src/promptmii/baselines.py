@@ -5,6 +5,8 @@ Each method only decides the prefix the follower sees (REFERENCE.md A3, A7); `ev
 - icl[:k]:         k shots in context (k defaults to the run's n)
 - promptmii-zero:  an instruction from the untrained base generator, one greedy call
 - promptmii:       an instruction from the given (trained) generator, one greedy call
+- ape, gepa:       an instruction found by test-time search with the base generator (promptmii.search),
+                   hundreds to thousands of calls; what the one call above is measured against
 """
 
 from __future__ import annotations
@@ -12,17 +14,20 @@ from __future__ import annotations
 import difflib
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from promptmii import prompts
 from promptmii.backends import Backend
 from promptmii.data import Example
 from promptmii.errors import PromptMIIError
-from promptmii.evaluate import FOLLOWER_MAX_TOKENS
+from promptmii.evaluate import FOLLOWER_MAX_TOKENS, Spend
 from promptmii.induce import InduceConfig, Instruction, induce
+from promptmii.search import SEARCH_METHODS, SearchConfig, SearchOutcome, run_search
 
 log = logging.getLogger(__name__)
 
-METHODS = ("naive", "icl", "promptmii-zero", "promptmii")
+METHODS = ("naive", "icl", "promptmii-zero", "promptmii", *SEARCH_METHODS)
+METHOD_HELP = "naive, icl[:K], promptmii-zero, promptmii, ape, gepa"
 
 
 @dataclass(frozen=True)
@@ -40,12 +45,12 @@ class Method:
 
 
 def parse_method(spec: str) -> Method:
-    """'naive', 'icl', 'icl:100', 'promptmii-zero', 'promptmii' -> Method (did-you-mean on typos)."""
+    """'naive', 'icl', 'icl:100', 'promptmii-zero', 'promptmii', 'ape', 'gepa' -> Method (did-you-mean on typos)."""
     name, _, arg = spec.strip().partition(":")
     if name not in METHODS:
         close = difflib.get_close_matches(name, METHODS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise PromptMIIError(f"unknown method '{spec}'{hint}; methods are: naive, icl[:K], promptmii-zero, promptmii")
+        raise PromptMIIError(f"unknown method '{spec}'{hint}; methods are: {METHOD_HELP}")
     if not arg:
         return Method(name)
     if name != "icl" or not arg.isdigit() or int(arg) < 1:
@@ -61,6 +66,8 @@ class Prefix:
     n_shots_used: int
     instruction: Instruction | None = None
     warnings: tuple[str, ...] = field(default=())
+    spend: Spend = field(default_factory=Spend)  # LLM calls made to write the prefix (none for naive and icl)
+    search: SearchOutcome | None = None
 
 
 def build_prefix(
@@ -72,19 +79,45 @@ def build_prefix(
     longest_input: str,
     generator: Backend | None = None,
     induce_config: InduceConfig | None = None,
+    search_config: SearchConfig | None = None,
+    search_dir: Path | None = None,
+    quiet: bool = True,
 ) -> Prefix:
-    """The prefix of `method`, given the run's shots (`shots` holds the first n_shots examples)."""
+    """The prefix of `method`, given the run's shots (`shots` holds the first n_shots examples).
+
+    A search needs `search_dir`: its journal and state live there, so it resumes.
+    """
     if method.name == "naive":
         return Prefix(prompts.NAIVE_INSTRUCTION, 0)
     if method.name == "icl":
         return _icl_prefix(shots, labels, follower, longest_input)
     if generator is None:
         raise PromptMIIError(f"method {method.spec} needs a generator backend")
+    if method.name in SEARCH_METHODS:
+        if search_dir is None:
+            raise PromptMIIError(f"method {method.spec} needs a directory for its search state")
+        outcome = run_search(
+            method.name,
+            shots,
+            labels,
+            follower=follower,
+            generator=generator,
+            config=search_config or SearchConfig(),
+            run_dir=search_dir,
+            quiet=quiet,
+        )
+        return Prefix(outcome.instruction, len(shots), spend=outcome.spend, search=outcome)
     instruction = induce(shots, labels, generator, induce_config or InduceConfig())
     warnings = (f"generator call failed: {instruction.error}",) if instruction.error else ()
     if not instruction.text and not instruction.error:
         warnings = ("the generator wrote an empty instruction",)
-    return Prefix(instruction.text, len(shots), instruction, warnings)
+    spend = Spend(
+        generator_calls=1,
+        generator_prompt_tokens=instruction.prompt_tokens,
+        generator_completion_tokens=instruction.completion_tokens,
+        cache_hits=int(instruction.cached),
+    )
+    return Prefix(instruction.text, len(shots), instruction, warnings, spend)
 
 
 def _icl_prefix(shots: list[Example], labels: tuple[str, ...], follower: Backend, longest_input: str) -> Prefix:

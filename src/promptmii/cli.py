@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from promptmii import models
+from promptmii.baselines import METHOD_HELP
 from promptmii.data import draw, load_tasks
 from promptmii.errors import PromptMIIError
 from promptmii.evaluate import DECODING
@@ -29,6 +30,7 @@ from promptmii.experiment import DEFAULT_BACKEND, Backends, EvalConfig, result_k
 from promptmii.induce import induce
 from promptmii.prompts import DEFAULT_TEMPLATE, TEMPLATES
 from promptmii.results import Result, ResultsDir, mean_by_method, read_results
+from promptmii.search import SearchConfig
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -82,6 +84,12 @@ def _common_model_options(f: Any) -> Any:
             default="generate",
             show_default=True,
             help="Follower decoding: free generation + parsing (the paper's), label scoring, or a label grammar.",
+        ),
+        click.option(
+            "--ape-budget", default=SearchConfig.ape_budget, show_default=True, help="APE's follower calls per task."
+        ),
+        click.option(
+            "--gepa-budget", default=SearchConfig.gepa_budget, show_default=True, help="GEPA's metric calls per task."
         ),
         click.option("--seed", default=0, show_default=True, help="Draws the shown and scored examples."),
         click.option("--no-cache", is_flag=True, help="Do not reuse LLM calls from $PROMPTMII_HOME/cache.sqlite."),
@@ -164,7 +172,7 @@ def induce_cmd(
     "--methods",
     default="naive,icl,promptmii-zero",
     show_default=True,
-    help="naive, icl[:K], promptmii-zero, promptmii.",
+    help=f"{METHOD_HELP}.",
 )
 @click.option("--n", default=20, show_default=True, help="Labelled examples shown to the generator (icl's default K).")
 @click.option("--m", default=100, show_default=True, help="Held-out examples scored per task.")
@@ -323,6 +331,8 @@ def _eval_config(opts: dict[str, Any], *, methods: str, n: int, m: int) -> EvalC
         template=opts["template"],
         max_instruction_tokens=opts["max_instruction_tokens"],
         decoding=opts["decoding"],
+        ape_budget=opts["ape_budget"],
+        gepa_budget=opts["gepa_budget"],
         seed=opts["seed"],
         cache=not opts["no_cache"],
     )

@@ -52,6 +52,31 @@ class FollowerRun:
     seconds: float
 
 
+@dataclass
+class Spend:
+    """LLM calls and tokens a method spends before the test run: its generator call, or a whole search."""
+
+    generator_calls: int = 0
+    generator_prompt_tokens: int = 0
+    generator_completion_tokens: int = 0
+    follower_calls: int = 0
+    follower_prompt_tokens: int = 0
+    follower_completion_tokens: int = 0
+    cache_hits: int = 0
+
+    def add_generation(self, generation: Generation) -> None:
+        self.generator_calls += 1
+        self.generator_prompt_tokens += generation.prompt_tokens
+        self.generator_completion_tokens += generation.completion_tokens
+        self.cache_hits += generation.cached
+
+    def add_run(self, run: FollowerRun) -> None:
+        self.follower_calls += run.calls
+        self.follower_prompt_tokens += run.prompt_tokens
+        self.follower_completion_tokens += run.completion_tokens
+        self.cache_hits += run.cache_hits
+
+
 def prefix_tokens(follower: Backend, prefix: str, labels: tuple[str, ...]) -> int:
     """Tokens every query shares: the follower prompt with an empty input, chat template included."""
     return follower.count_tokens(prompts.follower_prompt(prefix, labels, ""))

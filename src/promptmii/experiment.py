@@ -20,25 +20,30 @@ from tqdm import tqdm
 import promptmii
 from promptmii import models, prompts
 from promptmii.backends import Backend, get_backend
-from promptmii.baselines import Method, build_prefix, parse_method
+from promptmii.baselines import METHOD_HELP, Method, build_prefix, parse_method
 from promptmii.cache import CachedBackend
 from promptmii.data import Task, draw
 from promptmii.errors import PromptMIIError
 from promptmii.evaluate import DECODING, check_inputs_fit, run_follower
 from promptmii.induce import InduceConfig
 from promptmii.results import Result, ResultsDir, Sample, fingerprint, git_sha, new_run_id
+from promptmii.search import SEARCH_METHODS, SearchConfig
 
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKEND = f"llamacpp:{models.DEFAULT_MODEL}"
-GENERATOR_ROLE = {"promptmii-zero": "base_generator", "promptmii": "generator"}
+# The searches propose (APE) and reflect (GEPA) with the untrained generator, as in the reference.
+GENERATOR_ROLE = {
+    "promptmii-zero": "base_generator",
+    "promptmii": "generator",
+    "ape": "base_generator",
+    "gepa": "base_generator",
+}
 
 
 @dataclass(frozen=True)
 class EvalConfig:
-    methods: tuple[str, ...] = field(
-        default=("naive", "icl", "promptmii-zero"), metadata={"help": "naive, icl[:K], promptmii-zero, promptmii"}
-    )
+    methods: tuple[str, ...] = field(default=("naive", "icl", "promptmii-zero"), metadata={"help": METHOD_HELP})
     n: int = field(default=20, metadata={"help": "labelled examples shown to the generator (and icl's default K)"})
     m: int = field(default=100, metadata={"help": "held-out examples scored per task"})
     follower: str = field(default=DEFAULT_BACKEND, metadata={"help": "backend spec of the frozen follower"})
@@ -49,6 +54,8 @@ class EvalConfig:
     decoding: str = field(
         default="generate", metadata={"help": "follower decoding: generate | score | score-calibrated | constrained"}
     )
+    ape_budget: int = field(default=SearchConfig.ape_budget, metadata={"help": "APE's follower calls"})
+    gepa_budget: int = field(default=SearchConfig.gepa_budget, metadata={"help": "GEPA's max_metric_calls"})
     seed: int = field(default=0, metadata={"help": "draws the shown and scored examples"})
     cache: bool = field(default=True, metadata={"help": "reuse LLM calls from $PROMPTMII_HOME/cache.sqlite"})
 
@@ -65,6 +72,7 @@ class EvalConfig:
                 "method promptmii needs --generator (a trained generator); use promptmii-zero for the untrained model"
             )
         self.induce_config  # noqa: B018 (building it validates template and max_instruction_tokens)
+        self.search_config  # noqa: B018 (and this the search budgets)
 
     @property
     def parsed_methods(self) -> list[Method]:
@@ -73,6 +81,16 @@ class EvalConfig:
     @property
     def induce_config(self) -> InduceConfig:
         return InduceConfig(template=self.template, max_tokens=self.max_instruction_tokens, seed=self.seed)
+
+    @property
+    def search_config(self) -> SearchConfig:
+        return SearchConfig(
+            ape_budget=self.ape_budget,
+            gepa_budget=self.gepa_budget,
+            reflection_max_tokens=self.max_instruction_tokens,
+            decoding=self.decoding,
+            seed=self.seed,
+        )
 
     @property
     def max_shots(self) -> int:
@@ -113,7 +131,7 @@ def run_eval(
     skipped = sum(key in done for key in keys)
     with tqdm(total=len(keys), initial=skipped, desc="tasks x methods", disable=quiet, unit="run") as bar:
         for task in tasks:
-            for result, samples in _evaluate_task(task, config, backends, done, quiet):
+            for result, samples in _evaluate_task(task, config, backends, done, out.directory, quiet):
                 result = _stamp(result, run_id, sha)
                 out.append(result, [_stamp_sample(s, run_id) for s in samples])
                 written.append(result)
@@ -128,7 +146,7 @@ def result_keys(tasks: list[Task], config: EvalConfig, backends: Backends) -> li
 
 
 def _evaluate_task(
-    task: Task, config: EvalConfig, backends: Backends, done: set[tuple], quiet: bool
+    task: Task, config: EvalConfig, backends: Backends, done: set[tuple], directory: Path, quiet: bool
 ) -> Iterator[tuple[Result, list[Sample]]]:
     follower = backends.get("follower")
     todo = []
@@ -149,6 +167,7 @@ def _evaluate_task(
         start = time.perf_counter()
         role = GENERATOR_ROLE.get(method.name)
         generator = backends.get(role) if role else None
+        fp = _fingerprint(method, config, backends)
         prefix = build_prefix(
             method,
             shots[: method.n_shots(config.n)],
@@ -157,6 +176,9 @@ def _evaluate_task(
             longest_input=longest_input,
             generator=generator,
             induce_config=config.induce_config,
+            search_config=config.search_config,
+            search_dir=directory / "search" / f"{task.id}.{method.spec}.{fp}",
+            quiet=quiet,
         )
         run = run_follower(
             follower,
@@ -167,14 +189,13 @@ def _evaluate_task(
             desc=f"{task.id} {method.spec}",
             quiet=quiet,
         )
-        instruction = prefix.instruction
         failures = sum(e is not None for e in run.errors)
         warnings = list(prefix.warnings) + warnings_m
         if failures:
             warnings.append(
                 f"{failures} follower calls failed and scored INVALID (first: {next(e for e in run.errors if e)})"
             )
-        generator_calls = 1 if instruction else 0
+        spend, search = prefix.spend, prefix.search
         result = Result(
             task=task.id,
             method=method.spec,
@@ -188,21 +209,25 @@ def _evaluate_task(
             accuracy=run.scores.accuracy,
             invalid_rate=run.scores.invalid_rate,
             prompt_tokens_per_query=run.prompt_tokens_per_query,
-            follower_prompt_tokens=run.prompt_tokens,
-            follower_completion_tokens=run.completion_tokens,
-            generator_prompt_tokens=instruction.prompt_tokens if instruction else 0,
-            generator_completion_tokens=instruction.completion_tokens if instruction else 0,
-            generator_calls=generator_calls,
-            follower_calls=run.calls,
-            llm_calls=generator_calls + run.calls,
-            cache_hits=run.cache_hits + (1 if instruction and instruction.cached else 0),
+            follower_prompt_tokens=run.prompt_tokens + spend.follower_prompt_tokens,
+            follower_completion_tokens=run.completion_tokens + spend.follower_completion_tokens,
+            generator_prompt_tokens=spend.generator_prompt_tokens,
+            generator_completion_tokens=spend.generator_completion_tokens,
+            generator_calls=spend.generator_calls,
+            follower_calls=run.calls + spend.follower_calls,
+            llm_calls=spend.generator_calls + spend.follower_calls + run.calls,
+            cache_hits=run.cache_hits + spend.cache_hits,
             seconds=round(time.perf_counter() - start, 3),
-            instruction=prefix.text if method.name.startswith("promptmii") else "",
+            instruction=prefix.text if generator else "",
             warnings=warnings,
             config=json.loads(json.dumps(asdict(config))),  # as a reader of results.jsonl sees it
-            fingerprint=_fingerprint(method, config, backends),
+            fingerprint=fp,
             decoding=config.decoding,
             token_counter=follower.token_counter,
+            search_budget=search.budget if search else None,
+            search_follower_calls=spend.follower_calls,
+            budget_exhausted=search.budget_exhausted if search else False,
+            candidates=len(search.candidates) if search else 0,
         )
         samples = [
             Sample(task.id, method.spec, result.fingerprint, i, e.text, e.label, reply, pred, error)
@@ -225,8 +250,11 @@ def _fingerprint(method: Method, config: EvalConfig, backends: Backends) -> str:
     if config.decoding != "generate":  # only when set, so rows made before decoding modes existed stay done
         settings["decoding"] = config.decoding
     if role:
-        generator = backends.get(role).model_id
-        settings |= {"generator": generator, "template": config.template, "max_tokens": config.max_instruction_tokens}
+        settings["generator"] = backends.get(role).model_id
+    if method.name in SEARCH_METHODS:
+        settings["search"] = config.search_config.settings(method.name)
+    elif role:
+        settings |= {"template": config.template, "max_tokens": config.max_instruction_tokens}
     return fingerprint(**settings)
 
 

@@ -72,3 +72,23 @@ def follower_prompt(prefix: str, labels: tuple[str, ...] | list[str], text: str)
 def icl_prefix(shots: list[Example]) -> str:
     """The ICL prefix: the shots in the one example format, then a line that asks for the next one."""
     return f"{format_examples(shots)}\n\n{ICL_CLOSING}"
+
+
+def ape_proposal_prompt(demos: list[Example]) -> Chat:
+    """APE's forward-mode template (REFERENCE.md B3), as a chat turn that asks for the instruction itself."""
+    pairs = "\n\n".join(f"Input: {e.text}\nOutput: {e.label}" for e in demos)
+    content = (
+        f"I gave a friend an instruction and {len(demos)} inputs. The friend read the instruction and wrote an "
+        f"output for every one of the inputs. Here are the input-output pairs:\n\n{pairs}\n\n"
+        "What was the instruction? Reply with the instruction only, in one or two sentences."
+    )
+    return [{"role": "user", "content": content}]
+
+
+def ape_variation_prompt(instruction: str) -> Chat:
+    """APE's resampling template: a paraphrase of a good instruction, searched around it in round two."""
+    content = (
+        "Generate a variation of the following instruction while keeping the semantic meaning.\n\n"
+        f"Input: {instruction}\n\nReply with the new instruction only."
+    )
+    return [{"role": "user", "content": content}]

@@ -52,6 +52,12 @@ class Result:
     fingerprint: str  # hash of everything that decides the numbers; with task and method, the done-key
     decoding: str = "generate"  # how the follower answered: generate | score | score-calibrated | constrained
     token_counter: str = ""  # what counted the follower's tokens (its own tokenizer, a server endpoint, ...)
+    # Test-time search (ape, gepa): its budget in follower calls, the calls it made (inside follower_calls),
+    # whether it stopped because the next evaluation would have crossed the budget, and candidates scored.
+    search_budget: int | None = None
+    search_follower_calls: int = 0
+    budget_exhausted: bool = False
+    candidates: int = 0
     run_id: str = ""
     promptmii_version: str = ""
     git_sha: str | None = None
