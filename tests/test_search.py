@@ -17,9 +17,7 @@ from promptmii.data import Task
 from promptmii.errors import BackendError, DataError, PromptMIIError
 from promptmii.experiment import Backends, EvalConfig, run_eval
 from promptmii.results import ResultsDir, read_results
-from promptmii.search import SearchConfig, run_search
-from promptmii.search.ape import clean_proposal, split_ape
-from promptmii.search.gepa_search import feedback, split_gepa
+from promptmii.search import SearchConfig, clean_proposal, feedback, run_search, split_ape, split_gepa
 
 LABELS = ("negative", "positive")
 GOOD = "Decide the sentiment from the words love, great, hate and awful."
