@@ -228,6 +228,7 @@ def _evaluate_task(
             search_follower_calls=spend.follower_calls,
             budget_exhausted=search.budget_exhausted if search else False,
             candidates=len(search.candidates) if search else 0,
+            generator_follower=models.trained_for(config.generator) if role == "generator" else None,
         )
         samples = [
             Sample(task.id, method.spec, result.fingerprint, i, e.text, e.label, reply, pred, error)

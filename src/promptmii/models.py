@@ -260,6 +260,17 @@ def run_policy(run: Path) -> str:
     return json.loads((run / RUN_CONFIG).read_text(encoding="utf-8"))["policy"]
 
 
+def trained_for(spec: str | None) -> str | None:
+    """The follower a generator spec was meta-trained against, when the spec names a training run."""
+    if not spec:
+        return None
+    _, _, target = spec.rpartition(":") if not Path(spec).expanduser().exists() else ("", "", spec)
+    run = Path(target).expanduser()
+    if not is_training_run(run):
+        return None
+    return json.loads((run / RUN_CONFIG).read_text(encoding="utf-8")).get("follower")
+
+
 def policy_path(policy: str) -> Path:
     """A policy as a transformers model directory: a directory as given, a bundled name dequantized once."""
     path = Path(policy).expanduser()

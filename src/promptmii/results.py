@@ -20,7 +20,9 @@ from typing import Any
 
 from promptmii.errors import PromptMIIError
 
-SCHEMA_VERSION = 1
+# 2 added the search fields and generator_follower; a version-1 row reads with their defaults.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,9 @@ class Result:
     search_follower_calls: int = 0
     budget_exhausted: bool = False
     candidates: int = 0
+    # The follower a trained generator was meta-trained against (None for untrained generators), so a
+    # report can tell a transfer (generator trained for one follower, scored with another) from a match.
+    generator_follower: str | None = None
     run_id: str = ""
     promptmii_version: str = ""
     git_sha: str | None = None
@@ -159,9 +164,10 @@ def read_results(path: Path) -> list[Result]:
             if number == len(lines):
                 continue
             raise PromptMIIError(f"{path}: line {number} is not valid JSON") from None
-        if row.get("schema_version") != SCHEMA_VERSION:
+        if row.get("schema_version") not in READABLE_VERSIONS:
             raise PromptMIIError(
-                f"{path}: line {number} has schema_version {row.get('schema_version')}, this promptmii reads {SCHEMA_VERSION}"
+                f"{path}: line {number} has schema_version {row.get('schema_version')}, this promptmii reads "
+                f"{', '.join(map(str, READABLE_VERSIONS))}"
             )
         missing = required - set(row)
         if missing:
