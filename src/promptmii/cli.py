@@ -298,6 +298,26 @@ def train_cmd(resume: bool, dry_run: bool, **fields: Any) -> None:
         click.echo(json.dumps(train.train(config, resume=resume), indent=2))
 
 
+@main.command(name="report", context_settings=CONTEXT)
+@click.argument("results", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", default="report", show_default=True, help="Folder for report.md, CSVs and PNGs.")
+@click.option("--bins", default=None, type=click.Path(path_type=Path), help="similarity.jsonl of `corpus check`.")
+def report_cmd(results: tuple[Path, ...], output: str, bins: Path | None) -> None:
+    """Tables, plots and paired tests from RESULTS files or folders alone (no model is run).
+
+    Main table (methods x n), per-task table, F1-vs-tokens plot, win rates, bootstrap CIs and Wilcoxon
+    tests between methods, a table by similarity bin (with --bins) and cross-model transfer.
+
+    Example:
+
+        promptmii report bench/runs/spine bench/runs/trained_vs_zero -o report --bins bench/results/corpus_check/similarity.jsonl
+    """
+    from promptmii.analysis import write_report  # matplotlib loads only for reports
+
+    with _errors_as_one_line():
+        click.echo(str(write_report(list(results), Path(output), bins=bins)))
+
+
 @main.command(name="export", context_settings=CONTEXT)
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="GGUF path [RUN/adapter.gguf].")
