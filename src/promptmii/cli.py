@@ -23,6 +23,7 @@ import click
 
 from promptmii import models
 from promptmii.baselines import METHOD_HELP
+from promptmii.corpus import BuildConfig
 from promptmii.data import draw, load_tasks
 from promptmii.errors import PromptMIIError
 from promptmii.evaluate import DECODING
@@ -31,6 +32,7 @@ from promptmii.induce import induce
 from promptmii.prompts import DEFAULT_TEMPLATE, TEMPLATES
 from promptmii.results import Result, ResultsDir, mean_by_method, read_results
 from promptmii.search import SearchConfig
+from promptmii.train import TrainConfig
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -249,30 +251,32 @@ def models_cmd(prepare: bool, fmt: str | None) -> None:
         click.echo(_render(rows, fmt, columns))
 
 
-def _train_options(f: Any) -> Any:
-    """One option per TrainConfig field, so the CLI and the dataclass cannot drift apart."""
+def _config_options(config_class: type) -> Any:
+    """One option per field of a config dataclass, so the CLI and the dataclass cannot drift apart."""
     from dataclasses import MISSING, fields
 
-    from promptmii.train import TrainConfig
+    def decorate(f: Any) -> Any:
+        for spec in reversed(fields(config_class)):
+            flag = spec.name.replace("_", "-")
+            help_text = spec.metadata.get("help", "")
+            if spec.default is MISSING:
+                f = click.option(f"--{flag}", spec.name, required=True, help=help_text)(f)
+            elif isinstance(spec.default, bool):
+                f = click.option(
+                    f"--{flag}/--no-{flag}", spec.name, default=spec.default, show_default=True, help=help_text
+                )(f)
+            else:
+                f = click.option(
+                    f"--{flag}", spec.name, type=type(spec.default), default=spec.default, show_default=True,
+                    help=help_text,
+                )(f)  # fmt: skip
+        return f
 
-    for spec in reversed(fields(TrainConfig)):
-        flag = spec.name.replace("_", "-")
-        help_text = spec.metadata.get("help", "")
-        if spec.default is MISSING:
-            f = click.option(f"--{flag}", spec.name, required=True, help=help_text)(f)
-        elif isinstance(spec.default, bool):
-            f = click.option(
-                f"--{flag}/--no-{flag}", spec.name, default=spec.default, show_default=True, help=help_text
-            )(f)
-        else:
-            f = click.option(
-                f"--{flag}", spec.name, type=type(spec.default), default=spec.default, show_default=True, help=help_text
-            )(f)
-    return f
+    return decorate
 
 
 @main.command(name="train", context_settings=CONTEXT)
-@_train_options
+@_config_options(TrainConfig)
 @click.option("--resume", is_flag=True, help="Continue the run in --output from its last checkpoint.")
 @click.option("--dry-run", is_flag=True, help="Check config and data, print the per-step cost, train nothing.")
 def train_cmd(resume: bool, dry_run: bool, **fields: Any) -> None:
@@ -291,7 +295,7 @@ def train_cmd(resume: bool, dry_run: bool, **fields: Any) -> None:
 
     with _errors_as_one_line():
         fields["corpus"] = str(Path(fields["corpus"]).resolve())
-        config = train.TrainConfig(**fields)
+        config = TrainConfig(**fields)
         if dry_run:
             click.echo(json.dumps(asdict(train.dry_run(config)), indent=2))
             return
@@ -316,6 +320,84 @@ def report_cmd(results: tuple[Path, ...], output: str, bins: Path | None) -> Non
 
     with _errors_as_one_line():
         click.echo(str(write_report(list(results), Path(output), bins=bins)))
+
+
+@main.group(name="corpus", context_settings=CONTEXT)
+def corpus_group() -> None:
+    """Build a classification corpus (hub or local datasets) and check it for overlap with training."""
+
+
+@corpus_group.command(name="build", context_settings=CONTEXT)
+@click.argument("sources", nargs=-1, required=True)
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Corpus folder (resumed).")
+@_config_options(BuildConfig)
+@click.option("--labeler", default=None, help="Backend spec of an LLM that names columns the rules cannot find.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def corpus_build_cmd(sources: tuple[str, ...], output: Path, labeler: str | None, quiet: bool, **fields: Any) -> None:
+    """Build tasks.jsonl + instances/ from SOURCES: `hub` (Hugging Face text-classification datasets) or
+    local saved datasets, parquet, CSV and JSONL files or folders of them.
+
+    Every (dataset, config) kept or skipped is logged with its reason in OUTPUT/build_log.jsonl; a killed
+    build resumes. The split is by dataset family, so no text is on two sides.
+
+    Example:
+
+        promptmii corpus build hub --hub-limit 200 -o corpus   # or: promptmii corpus build data/ -o corpus
+    """
+    from promptmii.backends import get_backend
+    from promptmii.cache import CachedBackend
+    from promptmii.corpus import build_corpus
+
+    with _errors_as_one_line():
+        labeler_backend = None
+        if labeler:
+            labeler_backend = CachedBackend(get_backend(labeler), models.promptmii_home() / "cache.sqlite")
+        summary = build_corpus(list(sources), output, BuildConfig(**fields), labeler=labeler_backend, quiet=quiet)
+        click.echo(str(summary))
+
+
+@corpus_group.command(name="check", context_settings=CONTEXT)
+@click.argument("corpus", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=None, help="Folder for the results [CORPUS].")
+@click.option(
+    "--embedder", default="all-MiniLM-L6-v2", show_default=True, help="Sentence embedder: a name, hub id or folder."
+)
+@click.option("--no-similarity", is_flag=True, help="Only the contamination check (no embedder needed).")
+@click.option("--texts-per-task", default=64, show_default=True, help="Texts embedded per task.")
+@click.option(
+    "--drop-to", type=click.Path(path_type=Path), default=None, help="Write a copy without contaminated rows."
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def corpus_check_cmd(
+    corpus: Path,
+    output: Path | None,
+    embedder: str,
+    no_similarity: bool,
+    texts_per_task: int,
+    drop_to: Path | None,
+    quiet: bool,
+) -> None:
+    """Contamination (held-out texts also in training, by md5) and similarity bins of CORPUS.
+
+    Writes contamination.json and similarity.jsonl (each held-out task's best cosine to a training
+    task, binned >0.85 / 0.5-0.85 / <0.5); give the latter to `promptmii report --bins`.
+
+    Example:
+
+        promptmii corpus check ../shared/corpus -o corpus-check
+    """
+    from promptmii.overlap import check_corpus
+
+    with _errors_as_one_line():
+        summary = check_corpus(
+            corpus,
+            output or corpus,
+            embedder=None if no_similarity else embedder,
+            texts_per_task=texts_per_task,
+            drop_to=drop_to,
+            quiet=quiet,
+        )
+        click.echo(json.dumps(summary, indent=2))
 
 
 @main.command(name="export", context_settings=CONTEXT)

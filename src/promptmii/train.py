@@ -372,7 +372,7 @@ def train(config: TrainConfig, *, resume: bool = False) -> dict[str, Any]:
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=_lora_config(config),
-        callbacks=[RunLogger(out, config, validator)],
+        callbacks=[as_trainer_callback(RunLogger)(out, config, validator)],
     )
     validator.trainer = trainer
     started = time.time()
@@ -456,10 +456,12 @@ def _validation_count(config: TrainConfig, validation: list[Task]) -> int:
 
 # ---------------------------------------------------------------- validation and logs
 
-try:
+
+def as_trainer_callback(cls: type) -> type:
+    """`cls` with transformers' TrainerCallback as its base (no-op defaults for the events it does not handle)."""
     from transformers import TrainerCallback
-except ImportError:  # the hf extra is missing; train() says so when it imports transformers
-    TrainerCallback = object  # type: ignore[assignment,misc]
+
+    return type(cls.__name__, (cls, TrainerCallback), {})
 
 
 class Validator:
@@ -508,8 +510,12 @@ class Validator:
         plot_training(self.out)
 
 
-class RunLogger(TrainerCallback):
-    """Appends every logged step to metrics.jsonl, validates every k steps, copies the config into checkpoints."""
+class RunLogger:
+    """Appends every logged step to metrics.jsonl, validates every k steps, copies the config into checkpoints.
+
+    A transformers TrainerCallback, given that base only when training starts (`as_trainer_callback`):
+    importing transformers takes seconds, and the CLI imports this module for `--help`.
+    """
 
     def __init__(self, out: Path, config: TrainConfig, validator: Validator):
         self.out = out
