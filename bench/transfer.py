@@ -1,0 +1,54 @@
+"""Cross-model transfer: the generator meta-trained for the 1.5B follower, used with the 0.5B follower.
+
+On the 8 tasks of bench/search_vs_one_call.py (n=20, m=100, seed 0), in one results folder:
+- matched:  promptmii (the bench/train_curve.py run, exported LoRA on llama.cpp) with the 1.5B follower it
+  was trained for, free generation (these calls replay from the cache of bench/trained_vs_zero.py);
+- transfer: promptmii and promptmii-zero (the same 0.5B untrained) with the 0.5B follower. The 0.5B answers
+  one label whatever the prompt in free generation (RUNTIME.md), so it answers by calibrated label scoring.
+Rows record `generator_follower`, so `promptmii report` (bench/report.py) marks them matched or transfer.
+
+    python bench/transfer.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from promptmii import models
+from promptmii.data import load_tasks
+from promptmii.experiment import EvalConfig, run_eval
+from promptmii.results import ResultsDir
+
+ROOT = Path(__file__).resolve().parent
+RUN = models.promptmii_home() / "runs" / "bench-grpo-cpu"
+TRAINED_FOR = f"llamacpp:{models.DEFAULT_MODEL}"
+OTHER = f"llamacpp:{models.FAST_MODEL}"
+
+
+def main() -> None:
+    from search_vs_one_call import drawn_tasks  # the same 8 tasks
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", default=str(ROOT.parent.parent / "shared" / "corpus"))
+    parser.add_argument("--run", default=str(RUN), help="the training run (exported with `promptmii export`)")
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "transfer"))
+    args = parser.parse_args()
+
+    tasks = load_tasks(args.corpus, split="test", task_ids=drawn_tasks(args.corpus))
+    out = ResultsDir(Path(args.runs))
+    common = {"n": 20, "m": 100, "base_generator": OTHER, "generator": f"llamacpp:{args.run}", "seed": 0}
+    common["max_instruction_tokens"] = 256  # the training limit, as in bench/trained_vs_zero.py
+    matched = EvalConfig(methods=("promptmii",), follower=TRAINED_FOR, **common)
+    transfer = EvalConfig(
+        methods=("promptmii", "promptmii-zero"), follower=OTHER, decoding="score-calibrated", **common
+    )
+    for config in (matched, transfer):
+        run_eval(tasks, config, out, quiet=False)
+
+
+if __name__ == "__main__":
+    main()
