@@ -36,7 +36,7 @@ from typing import Any
 from tqdm import tqdm
 
 from promptmii.backends import Backend, Chat, GenParams
-from promptmii.data import LABEL_COLUMNS, PAIR_COLUMNS, TEXT_COLUMNS, Example, join_fields
+from promptmii.data import LABEL_COLUMNS, PAIR_COLUMNS, TEXT_COLUMNS, Example, is_saved_hf_dataset, join_fields
 from promptmii.errors import DataError
 from promptmii.results import atomic_write
 
@@ -689,7 +689,7 @@ def _instance_texts(out: Path, task: str) -> list[str]:
 
 def _loadable(path: Path) -> bool:
     if path.is_dir():
-        return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
+        return is_saved_hf_dataset(path)
     return path.is_file() and path.suffix.lower() in DATA_SUFFIXES
 
 

@@ -74,7 +74,7 @@ def load_tasks(
     scored rows and the rest; `min_train` rows must remain for the shots.
     """
     path = Path(source)
-    if source.startswith("hf:") or (path.is_dir() and _is_saved_hf_dataset(path)):
+    if source.startswith("hf:") or (path.is_dir() and is_saved_hf_dataset(path)):
         name = source[3:] if source.startswith("hf:") else source
         return [
             load_hf_task(
@@ -266,7 +266,7 @@ def load_hf_task(
 
     path = Path(name)
     try:
-        if path.is_dir() and _is_saved_hf_dataset(path):
+        if path.is_dir() and is_saved_hf_dataset(path):
             loaded = datasets.load_from_disk(str(path))
         else:
             dataset_name, _, config = name.partition(":") if not path.exists() else (name, "", "")
@@ -292,7 +292,7 @@ def load_hf_task(
     )
 
 
-def _is_saved_hf_dataset(path: Path) -> bool:
+def is_saved_hf_dataset(path: Path) -> bool:
     return (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file()
 
 
