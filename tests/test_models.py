@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import sys
 import types
@@ -72,3 +73,11 @@ def test_unknown_model_name_suggests() -> None:
 def test_available_lists_bundled_models() -> None:
     names = [row["name"] for row in models.available()]
     assert names == ["qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct"]
+
+
+def test_trained_for_reads_the_follower_of_a_training_run(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "grpo"
+    run.mkdir(parents=True)
+    (run / models.RUN_CONFIG).write_text(json.dumps({"policy": "p", "follower": "llamacpp:big"}))
+    assert [models.trained_for(spec) for spec in (str(run), f"llamacpp:{run}", f"hf:{run}")] == ["llamacpp:big"] * 3
+    assert models.trained_for("llamacpp:qwen2.5-coder-0.5b-instruct") is None and models.trained_for(None) is None

@@ -27,7 +27,7 @@ from promptmii.search import SEARCH_METHODS, SearchConfig, SearchOutcome, run_se
 log = logging.getLogger(__name__)
 
 METHODS = ("naive", "icl", "promptmii-zero", "promptmii", *SEARCH_METHODS)
-METHOD_HELP = "naive, icl[:K], promptmii-zero, promptmii, ape, gepa"
+METHOD_HELP = ", ".join(f"{m}[:K]" if m == "icl" else m for m in METHODS)  # for --help and errors
 
 
 @dataclass(frozen=True)
