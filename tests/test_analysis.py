@@ -379,3 +379,11 @@ def test_report_cli(two_arms: Path, tmp_path: Path) -> None:
         missing.exit_code == 1
         and missing.output.strip() == f"Error: {tmp_path / 'nothing.jsonl'}: no such results file"
     )
+
+
+def test_a_row_missing_fields_fails_in_one_line(tmp_path: Path) -> None:
+    broken = {k: v for k, v in asdict(row("t1")).items() if k != "macro_f1"}
+    path = write(tmp_path / "results.jsonl", [row("t0"), broken])
+    with pytest.raises(PromptMIIError, match=r"line 2 lacks fields \['macro_f1'\]") as error:
+        write_report([path], tmp_path / "out")
+    assert "\n" not in str(error.value)
