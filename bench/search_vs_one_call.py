@@ -35,10 +35,17 @@ from promptmii.results import Result, ResultsDir, read_results
 ROOT = Path(__file__).resolve().parent
 MODEL = f"llamacpp:{models.DEFAULT_MODEL}"
 TASK_DRAW_SEED, TASK_COUNT = 0, 8
-SEARCHES = ("gepa", "ape")  # in run order: GEPA is the cheap one
-FROM_SPINE = ("naive", "icl:20", "icl:100", "promptmii-zero")
-FROM_TRAINED = ("promptmii",)
-METHODS = (*FROM_SPINE, *FROM_TRAINED, *SEARCHES)
+SEARCHES = ("gepa", "ape")
+# What runs here, in order: GEPA (minutes a task) before APE (about an hour a task), n=20 before n=100.
+PLAN = ((20, "gepa"), (20, "ape"), (100, "promptmii-zero"), (100, "gepa"), (100, "ape"))
+# The arms compared at each n, as (method, n_shots). Naive ignores the examples, so its n=20 row serves
+# both; icl:20, icl:100 and promptmii-zero n=20 come from bench/runs/spine, promptmii (trained) from
+# bench/runs/trained_vs_zero.
+ARMS = {
+    20: (("naive", 20), ("icl:20", 20), ("icl:100", 100), ("promptmii-zero", 20), ("promptmii", 20), ("gepa", 20),
+         ("ape", 20)),
+    100: (("naive", 20), ("icl:100", 100), ("promptmii-zero", 100), ("gepa", 100), ("ape", 100)),
+}  # fmt: skip
 
 
 def drawn_tasks(corpus: str) -> list[str]:
@@ -51,7 +58,6 @@ def main() -> None:
     parser.add_argument("--corpus", default=str(ROOT.parent.parent / "shared" / "corpus"))
     parser.add_argument("--runs", default=str(ROOT / "runs" / "search_vs_one_call"))
     parser.add_argument("--out", default=str(ROOT / "results" / "search_vs_one_call.json"))
-    parser.add_argument("--methods", default=",".join(SEARCHES), help="searches to run, in this order")
     parser.add_argument("--summarize-only", action="store_true")
     args = parser.parse_args()
 
@@ -59,19 +65,26 @@ def main() -> None:
     out = ResultsDir(Path(args.runs))
     if not args.summarize_only:
         tasks = load_tasks(args.corpus, split="test", task_ids=task_ids)
-        for method in args.methods.split(","):
-            config = EvalConfig(methods=(method,), n=20, m=100, follower=MODEL, base_generator=MODEL, seed=0)
+        for n, method in PLAN:
+            config = EvalConfig(methods=(method,), n=n, m=100, follower=MODEL, base_generator=MODEL, seed=0)
             run_eval(tasks, config, out, quiet=False)
-    rows = _rows(out.results_path, SEARCHES)
-    rows += _rows(ROOT / "runs" / "spine" / "results.jsonl", FROM_SPINE)
-    rows += _rows(ROOT / "runs" / "trained_vs_zero" / "results.jsonl", FROM_TRAINED)
+    rows = _rows(out.results_path)
+    rows += _rows(ROOT / "runs" / "spine" / "results.jsonl")
+    rows += [r for r in _rows(ROOT / "runs" / "trained_vs_zero" / "results.jsonl") if r.method == "promptmii"]
     summary = summarize(task_ids, rows)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary["mean"], indent=2))
+    print(json.dumps({n: part["mean"] for n, part in summary["by_n"].items()}, indent=2))
 
 
-def _rows(path: Path, methods: tuple[str, ...]) -> list[Result]:
-    return [r for r in read_results(path) if r.method in methods] if path.exists() else []
+def _rows(path: Path) -> list[Result]:
+    """Rows of the benchmark's settings: m=100, seed 0, the terse template for generated instructions."""
+    rows = read_results(path) if path.exists() else []
+    templated = ("promptmii", "promptmii-zero")  # the template decides only these methods' numbers
+    return [
+        r
+        for r in rows
+        if r.m == 100 and r.seed == 0 and (r.method not in templated or r.config.get("template") == "terse")
+    ]
 
 
 def cost(r: Result) -> dict:
@@ -97,13 +110,24 @@ def cost(r: Result) -> dict:
 
 
 def summarize(task_ids: list[str], rows: list[Result]) -> dict:
-    latest = {(r.task, r.method): r for r in rows if r.task in task_ids and r.m == 100 and r.seed == 0}
-    done = [t for t in task_ids if all((t, m) in latest for m in METHODS)]
-    mean = {}
-    for method in METHODS:
-        picked = [cost(latest[(t, method)]) for t in done]
-        numeric = [k for k, v in (picked[0].items() if picked else []) if isinstance(v, int | float)]
-        mean[method] = {k: _mean([p[k] for p in picked]) for k in numeric if k != "budget_exhausted"}
+    latest = {(r.task, r.method, r.n_shots): r for r in rows if r.task in task_ids}
+    by_n = {}
+    for n, arms in ARMS.items():
+        done = [t for t in task_ids if all((t, *arm) in latest for arm in arms)]
+        mean = {}
+        for method, shots in arms:
+            picked = [cost(latest[(t, method, shots)]) for t in done]
+            numeric = [k for k, v in (picked[0].items() if picked else []) if type(v) in (int, float)]
+            mean[f"{method} n={shots}"] = {k: _mean([p[k] for p in picked]) for k in numeric}
+        by_n[str(n)] = {
+            "tasks_complete": len(done),
+            "complete": len(done) == len(task_ids),
+            "rows_per_arm": {f"{m} n={k}": sum((t, m, k) in latest for t in task_ids) for m, k in arms},
+            "mean": mean,
+            "per_task": {
+                t: {f"{m} n={k}": cost(latest[(t, m, k)]) for m, k in arms if (t, m, k) in latest} for t in task_ids
+            },
+        }
     return {
         "benchmark": "search_vs_one_call",
         "tasks": task_ids,
@@ -111,14 +135,9 @@ def summarize(task_ids: list[str], rows: list[Result]) -> dict:
         "follower": MODEL,
         "generator": f"{MODEL} (promptmii-zero, ape proposals, gepa reflection)",
         "trained_generator": "bench/runs/trained_vs_zero (0.5B + LoRA, 10 GRPO steps)",
-        "n": 20,
         "m": 100,
         "budgets": {"ape": "2,000 follower calls", "gepa": "150 metric calls (follower calls)"},
-        "tasks_complete": len(done),
-        "complete": len(done) == len(task_ids),
-        "rows_per_method": {m: sum((t, m) in latest for t in task_ids) for m in METHODS},
-        "mean": mean,
-        "per_task": {t: {m: cost(latest[(t, m)]) for m in METHODS if (t, m) in latest} for t in task_ids},
+        "by_n": by_n,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
         "note": "seconds of the reused spine rows were measured in their own runs, on the same machine kind",
     }
