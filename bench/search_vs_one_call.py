@@ -2,13 +2,15 @@
 
 The tasks are 8 of the corpus's 23 test tasks, drawn before any run with random.Random(0).sample over
 the sorted test ids: banking77, fnc1_stance, go_emotions, mr, mrpc, politeness_wikipedia, sms_spam,
-tweet_eval_emotion. n=20 shown examples, m=100 scored, seed 0; the bundled Qwen2.5-Coder-1.5B is
+tweet_eval_emotion (all have the 100 train rows n=100 needs). n=20 shown examples, then n=100; m=100
+scored, seed 0; the bundled Qwen2.5-Coder-1.5B is
 follower, generator and reflection LM, as in bench/spine.py, whose naive, icl:20, icl:100 and
 promptmii-zero rows are reused (same follower, tasks, n, m, seed). promptmii is the trained 0.5B
 generator's rows from bench/trained_vs_zero.py. APE runs with its default budget (2,000 follower
 calls) and GEPA with the reference's (150 metric calls).
 
-GEPA runs on every task first (minutes a task), then APE (about an hour a task on 2 cores). Rows go
+GEPA runs on every task first (minutes a task), then APE (about an hour a task on 2 cores); then the
+same at n=100, with promptmii-zero at n=100 as the one-call arm there. Rows go
 to bench/runs/search_vs_one_call/ as they finish and every search journals its calls, so a killed
 run resumes; the summary goes to bench/results/search_vs_one_call.json.
 
