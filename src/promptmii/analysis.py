@@ -272,11 +272,18 @@ def plot_f1_vs_tokens(main: Table, title: str, path: Path) -> Path:
     """One labelled point per arm: mean macro-F1 against mean follower prompt tokens per query (log x)."""
     plt = _pyplot()
     x_at, y_at = main.columns.index("prompt_tokens_per_query"), main.columns.index("macro_f1")
+    tasks_at = main.columns.index("tasks")
+    most = max((row[tasks_at] for row in main.rows), default=0)
     markers = "osD^v<>pP*Xh"
     fig, ax = plt.subplots(figsize=(10, 5))
     for i, row in enumerate(main.rows):
-        ax.scatter([row[x_at]], [row[y_at]], marker=markers[i % len(markers)], s=50, label=row[0], zorder=3)
-        ax.annotate(row[0], (row[x_at], row[y_at]), textcoords="offset points", xytext=(5, 5), fontsize=8)
+        # an arm with fewer tasks than the others is a mean over other tasks: say so on the point
+        label = row[0] if row[tasks_at] == most else f"{row[0]} ({row[tasks_at]} of {most} tasks)"
+        # points carry a number, the legend the full name: long arm names would overlap on the axes
+        ax.scatter(
+            [row[x_at]], [row[y_at]], marker=markers[i % len(markers)], s=50, label=f"{i + 1}  {label}", zorder=3
+        )
+        ax.annotate(str(i + 1), (row[x_at], row[y_at]), textcoords="offset points", xytext=(5, 5), fontsize=9)
     ax.set_xscale("log")
     ax.margins(x=0.2, y=0.1)  # room for the point labels inside the axes
     ax.set_xlabel("prompt tokens per query (log scale)")
