@@ -244,7 +244,7 @@ def test_every_skip_has_a_reason_a_person_can_read(tmp_path: Path) -> None:
     assert reasons["no_text"] == "no text column among: id, score"
     assert reasons["no_label"] == "no label column among: id, score (none has 2 to 18 distinct values)"
     assert reasons["few"] == "only 25 rows, need 30"
-    assert reasons["case"] == "labels 'Spam' and 'spam' differ only in case"
+    assert reasons["case"] == "labels 'Spam' and 'spam' differ only in case or spaces"
     assert reasons["ids"] == "30 distinct labels in 30 rows: not a label column"
     assert reasons["broken"].startswith("load failed: ")
     assert lines["good"]["status"] == "ok" and lines["good"]["task_id"] == "good"

@@ -36,7 +36,15 @@ from typing import Any
 from tqdm import tqdm
 
 from promptmii.backends import Backend, Chat, GenParams
-from promptmii.data import LABEL_COLUMNS, PAIR_COLUMNS, TEXT_COLUMNS, Example, is_saved_hf_dataset, join_fields
+from promptmii.data import (
+    LABEL_COLUMNS,
+    PAIR_COLUMNS,
+    TEXT_COLUMNS,
+    Example,
+    clashing_labels,
+    is_saved_hf_dataset,
+    join_fields,
+)
 from promptmii.errors import DataError
 from promptmii.results import atomic_write
 
@@ -524,11 +532,9 @@ def check_labels(labels: tuple[str, ...], present: Counter, config: BuildConfig)
         raise Skip("too many labels", f"{len(labels)} distinct labels in {rows} rows: not a label column")
     if len(labels) > config.max_labels:
         raise Skip("too many labels", f"{len(labels)} labels, more than max_labels={config.max_labels}")
-    folded: dict[str, str] = {}
-    for label in labels:
-        other = folded.setdefault(label.strip().casefold(), label)
-        if other != label:
-            raise Skip("labels clash", f"labels '{other}' and '{label}' differ only in case")
+    clash = clashing_labels(labels)
+    if clash:
+        raise Skip("labels clash", f"labels '{clash[0]}' and '{clash[1]}' differ only in case or spaces")
 
 
 def first_occurrences(texts: list[str]) -> list[int]:

@@ -322,6 +322,12 @@ def split_task(
     return Task(task_id, labels, tuple(shuffled[test_size:]), tuple(shuffled[:test_size]), meta={"source": source})
 
 
+def clashing_labels(labels: tuple[str, ...] | list[str]) -> list[str]:
+    """Labels that differ only in case or spaces: a follower's reply could not tell them apart."""
+    folded = Counter(label.strip().casefold() for label in labels)
+    return [label for label in labels if folded[label.strip().casefold()] > 1]
+
+
 def validate_examples(examples: tuple[Example, ...] | list[Example], *, source: str, labels: tuple[str, ...]) -> None:
     """Reject what no classifier can learn from: no rows, one label, labels that collide, unknown labels."""
     if not examples:
@@ -330,8 +336,7 @@ def validate_examples(examples: tuple[Example, ...] | list[Example], *, source: 
     if len(counts) < 2:
         only = next(iter(counts))
         raise DataError(f"{source}: only one label ('{only}') in {len(examples)} rows; a classifier needs at least two")
-    folded = Counter(label.strip().casefold() for label in labels)
-    clash = [label for label in labels if folded[label.strip().casefold()] > 1]
+    clash = clashing_labels(labels)
     if clash:
         raise DataError(f"{source}: labels {clash} differ only in case or spaces; replies could not tell them apart")
     unknown = sorted(set(counts) - set(labels))
