@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from promptmii.errors import PromptMIIError
-from promptmii.metrics import bootstrap_ci, wilcoxon_p
+from promptmii.metrics import bootstrap_ci, mean, wilcoxon_p
 from promptmii.results import Result, atomic_write, read_results
 
 RESAMPLES = 10_000  # bootstrap resamples of tasks in the significance table
@@ -181,7 +181,7 @@ def _model_label(model_id: str | None, others: set[str | None]) -> str:
 
 def task_means(by_task: dict[str, list[Result]], field: str = "macro_f1") -> dict[str, float]:
     """One number per task: the mean of `field` over the arm's rows on that task (usually exactly one)."""
-    return {task: _mean([getattr(row, field) for row in rows]) for task, rows in sorted(by_task.items())}
+    return {task: mean([getattr(row, field) for row in rows]) for task, rows in sorted(by_task.items())}
 
 
 # ---------------------------------------------------------------- tables (pure)
@@ -190,7 +190,7 @@ def task_means(by_task: dict[str, list[Result]], field: str = "macro_f1") -> dic
 def main_table(groups: Groups, names: dict[Arm, str]) -> Table:
     rows = []
     for arm, by_task in groups.items():
-        rows.append([names[arm], len(by_task)] + [_mean(list(task_means(by_task, f).values())) for f in MAIN_FIELDS])
+        rows.append([names[arm], len(by_task)] + [mean(list(task_means(by_task, f).values())) for f in MAIN_FIELDS])
     return Table(["arm", "tasks", *MAIN_FIELDS], rows)
 
 
@@ -228,7 +228,7 @@ def significance_table(groups: Groups, names: dict[Arm, str]) -> Table:
                 test: list[Any] = [low, high, wilcoxon_p(diffs), ""]
             else:
                 test = [None, None, None, "no common tasks" if not diffs else "one common task: no CI or test"]
-            rows.append([names[a], names[b], len(diffs), _mean(diffs) if diffs else None, *test])
+            rows.append([names[a], names[b], len(diffs), mean(diffs) if diffs else None, *test])
     columns = ["arm_a", "arm_b", "tasks", "mean_diff", "ci_low", "ci_high", "wilcoxon_p", "note"]
     return Table(columns, rows)
 
@@ -244,7 +244,7 @@ def bin_table(groups: Groups, names: dict[Arm, str], bins: dict[str, str]) -> Ta
     for label in order:
         in_bin = [task for task in tasks if labels[task] == label]
         cells = [[per[task] for task in in_bin if task in per] for per in f1]
-        rows.append([label, len(in_bin)] + [_mean(cell) if cell else None for cell in cells])
+        rows.append([label, len(in_bin)] + [mean(cell) if cell else None for cell in cells])
     return Table(["bin", "tasks", *(names[arm] for arm in groups)], rows)
 
 
@@ -261,7 +261,7 @@ def transfer_table(rows: list[Result]) -> Table:
         if row.method == TRAINED_METHOD:
             key = (row.generator or "", row.generator_follower or "", row.follower, transfer_status(row))
             groups.setdefault(key, {}).setdefault(row.task, []).append(row)
-    table = [[*key, len(by_task), _mean(list(task_means(by_task).values()))] for key, by_task in groups.items()]
+    table = [[*key, len(by_task), mean(list(task_means(by_task).values()))] for key, by_task in groups.items()]
     return Table(["generator", "trained_for", "follower", "status", "tasks", "macro_f1"], table)
 
 
@@ -481,10 +481,6 @@ def _differing_config(rows: list[Result]) -> set[str]:
     """The config keys whose values are not the same in all these rows (why one arm has several rows)."""
     keys = {key for row in rows for key in row.config}
     return {k for k in keys if len({json.dumps(row.config.get(k), sort_keys=True) for row in rows}) > 1}
-
-
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
 
 
 def _fmt(value: Any, digits: int) -> str:

@@ -25,7 +25,7 @@ from promptmii import models
 from promptmii.baselines import METHOD_HELP
 from promptmii.corpus import BuildConfig
 from promptmii.data import draw, load_tasks
-from promptmii.errors import PromptMIIError
+from promptmii.errors import PromptMIIError, first_line
 from promptmii.evaluate import DECODING
 from promptmii.experiment import DEFAULT_BACKEND, Backends, EvalConfig, result_keys, run_eval
 from promptmii.induce import induce
@@ -485,7 +485,7 @@ class _errors_as_one_line:  # noqa: N801 (used like a function: `with _errors_as
 
     def __exit__(self, kind: type | None, error: BaseException | None, _tb: object) -> bool:
         if isinstance(error, PromptMIIError):
-            raise Failure(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+            raise Failure(first_line(error)) from None
         if isinstance(error, KeyboardInterrupt):
             click.echo("\ninterrupted: finished rows are saved; run the same command again to resume", err=True)
             sys.exit(130)

@@ -23,7 +23,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import random
 import re
 from collections import Counter
@@ -45,8 +44,8 @@ from promptmii.data import (
     is_saved_hf_dataset,
     join_fields,
 )
-from promptmii.errors import DataError
-from promptmii.results import atomic_write
+from promptmii.errors import DataError, first_line
+from promptmii.results import append_lines, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +207,7 @@ def build_corpus(
         if key in decided:
             continue
         line = decide(source, out, config, labeler, taken)
-        _append_line(out / LOG_FILE, line)
+        append_lines(out / LOG_FILE, [line])
         decided[key] = line
         decided_now += 1
         if line["status"] == "skip":
@@ -232,7 +231,7 @@ def decide(source: Source, out: Path, config: BuildConfig, labeler: Backend | No
         try:
             sample = load_sample(source, draw, config.seed)
         except Exception as e:  # anything a hub dataset throws skips it (as in the reference); the log keeps why
-            raise Skip("load failed", f"load failed: {_first_line(e)}") from None
+            raise Skip("load failed", f"load failed: {first_line(e)[:300]}") from None
         columns = _find_columns(source, sample, config, labeler)
         task = unique_id(task_id(source.name, source.config), taken)
         record, train, test = make_task(task, source, sample, columns, config)
@@ -646,13 +645,6 @@ def _read_log(path: Path) -> dict[tuple[str, str | None], dict]:
     return decided
 
 
-def _append_line(path: Path, row: dict) -> None:
-    with path.open("a", encoding="utf-8") as f:
-        f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _check_settings(out: Path, config: BuildConfig) -> None:
     path = out / SETTINGS_FILE
     if not path.is_file():
@@ -724,8 +716,3 @@ def _distinct(rows: list[dict], column: str) -> int:
 def _tag(tags: list[str] | None, key: str) -> str | None:
     values = [t.split(":", 1)[1] for t in tags or [] if t.startswith(f"{key}:")]
     return values[0] if len(values) == 1 else None
-
-
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptmii.errors import DataError
+from promptmii.errors import DataError, first_line
 
 # Column names we accept without being told. Order matters: the first match wins.
 TEXT_COLUMNS = ("text", "sentence", "input", "review", "content", "tweet", "utterance", "query", "document")
@@ -272,8 +272,7 @@ def load_hf_task(
             dataset_name, _, config = name.partition(":") if not path.exists() else (name, "", "")
             loaded = datasets.load_dataset(dataset_name, config or None)
     except (FileNotFoundError, ValueError, ConnectionError) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"{name}: cannot load dataset ({first_line})") from None
+        raise DataError(f"{name}: cannot load dataset ({first_line(e)})") from None
     if isinstance(loaded, datasets.DatasetDict):
         split_name = "train" if "train" in loaded else next(iter(loaded))
         loaded = loaded[split_name]

@@ -5,6 +5,12 @@ Failures of a single example are not errors: they score as INVALID and the run g
 """
 
 
+def first_line(error: BaseException) -> str:
+    """An exception as one line: its message's first line, or its type when the message is empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 class PromptMIIError(Exception):
     """Base class for every error a user can fix by changing their input or setup."""
 

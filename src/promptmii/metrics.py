@@ -11,6 +11,7 @@ bootstrap_ci and wilcoxon_p compare two methods through their paired per-task di
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,6 +52,12 @@ def accuracy(gold: list[str], pred: list[str]) -> float:
 
 def invalid_rate(pred: list[str]) -> float:
     return sum(p == INVALID for p in pred) / len(pred) if pred else 0.0
+
+
+def mean(values: Iterable[float]) -> float:
+    """The arithmetic mean; 0.0 for no values (an empty table cell, not an error)."""
+    values = list(values)
+    return sum(values) / len(values) if values else 0.0
 
 
 def score(gold: list[str], pred: list[str]) -> Scores:

@@ -59,9 +59,13 @@ def extract_instruction(reply: str) -> str:
     fenced = _FENCE.match(text)
     if fenced:
         text = fenced.group(1).strip()
-    text = _HEADER.sub("", text, count=1).strip()
+    return strip_quotes(_HEADER.sub("", text, count=1).strip())
+
+
+def strip_quotes(text: str) -> str:
+    """`text` without one pair of matching quotes around all of it."""
     if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()
+        return text[1:-1].strip()
     return text
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from promptmii.errors import PromptMIIError
+from promptmii.metrics import mean
 
 # 2 added the search fields and generator_follower; a version-1 row reads with their defaults.
 SCHEMA_VERSION = 2
@@ -126,8 +127,8 @@ class ResultsDir:
         return {r.key for r in read_results(self.results_path)} if self.results_path.exists() else set()
 
     def append(self, result: Result, samples: list[Sample]) -> None:
-        _append_lines(self.samples_path, [asdict(s) for s in samples])
-        _append_lines(self.results_path, [asdict(result)])
+        append_lines(self.samples_path, [asdict(s) for s in samples])
+        append_lines(self.results_path, [asdict(result)])
 
     def _drop_orphan_samples(self) -> None:
         """Samples of a task whose result row never landed (the process died) would double on resume."""
@@ -187,23 +188,19 @@ def mean_by_method(results: list[Result]) -> list[dict[str, Any]]:
             {
                 "method": method,
                 "tasks": len(group),
-                "macro_f1": _mean(r.macro_f1 for r in group),
-                "accuracy": _mean(r.accuracy for r in group),
-                "invalid_rate": _mean(r.invalid_rate for r in group),
-                "prompt_tokens_per_query": _mean(r.prompt_tokens_per_query for r in group),
-                "llm_calls": _mean(r.llm_calls for r in group),
-                "seconds": _mean(r.seconds for r in group),
+                "macro_f1": mean(r.macro_f1 for r in group),
+                "accuracy": mean(r.accuracy for r in group),
+                "invalid_rate": mean(r.invalid_rate for r in group),
+                "prompt_tokens_per_query": mean(r.prompt_tokens_per_query for r in group),
+                "llm_calls": mean(r.llm_calls for r in group),
+                "seconds": mean(r.seconds for r in group),
             }
         )
     return rows
 
 
-def _mean(values: Any) -> float:
-    values = list(values)
-    return sum(values) / len(values) if values else 0.0
-
-
-def _append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+def append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Append JSON lines and fsync, so a line that was written survives a crash."""
     with path.open("a", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -28,7 +28,7 @@ from promptmii.cache import CachedBackend
 from promptmii.data import Example
 from promptmii.errors import BackendError, DataError, PromptMIIError
 from promptmii.evaluate import FollowerRun, Spend, run_follower
-from promptmii.parse import INVALID, extract_instruction
+from promptmii.parse import INVALID, extract_instruction, strip_quotes
 
 SEARCH_METHODS = ("ape", "gepa")
 
@@ -195,9 +195,7 @@ def split_ape(examples: list[Example]) -> tuple[list[Example], list[Example]]:
 def clean_proposal(reply: str) -> str:
     """The instruction in a proposal: no header, quotes or 'The instruction was to' lead-in; first paragraph."""
     text = extract_instruction(reply).split("\n\n")[0].strip()
-    text = _LEAD_IN.sub("", text).strip()
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1].strip()
+    text = strip_quotes(_LEAD_IN.sub("", text).strip())
     return text[:1].upper() + text[1:]
 
 
