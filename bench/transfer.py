@@ -24,17 +24,16 @@ from promptmii import models
 from promptmii.data import load_tasks
 from promptmii.experiment import EvalConfig, run_eval
 from promptmii.results import ResultsDir
+from search_vs_one_call import drawn_tasks  # the same 8 tasks
+from trained_vs_zero import FOLLOWER as TRAINED_FOR  # the follower the run was trained for
+from trained_vs_zero import RUN
 
 ROOT = Path(__file__).resolve().parent
-RUN = models.promptmii_home() / "runs" / "bench-grpo-cpu"
-TRAINED_FOR = f"llamacpp:{models.DEFAULT_MODEL}"
 OTHER = f"llamacpp:{models.FAST_MODEL}"
 MAX_LABELS = 4
 
 
 def main() -> None:
-    from search_vs_one_call import drawn_tasks  # the same 8 tasks
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", default=str(ROOT.parent.parent / "shared" / "corpus"))
     parser.add_argument("--run", default=str(RUN), help="the training run (exported with `promptmii export`)")

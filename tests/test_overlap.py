@@ -71,7 +71,7 @@ def test_drop_writes_a_clean_copy(tmp_path: Path) -> None:
         task("test1", "test", ["the cat sat.", "f1", "f2", "f3"]),
     ]
     root = write_corpus(tmp_path / "corpus", tasks)
-    dropped = drop_contaminated(root, tmp_path / "clean")
+    dropped = drop_contaminated(root, load_corpus(root), tmp_path / "clean")
     assert dropped == {"test1": 1}
     clean = {t.id: t for t in load_corpus(tmp_path / "clean")}
     assert [e.text for e in clean["test1"].train] == ["f1", "f2", "f3"] and len(clean["train1"].train) == 4

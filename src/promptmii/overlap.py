@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from promptmii.corpus import text_hash
 from promptmii.data import Task, load_corpus
-from promptmii.errors import DataError
+from promptmii.errors import DataError, first_line
 from promptmii.results import atomic_write
 
 SIMILARITY_BINS = ((0.85, ">0.85"), (0.5, "0.5-0.85"), (float("-inf"), "<0.5"))
@@ -37,9 +37,14 @@ def similarity_bin(similarity: float) -> str:
     return next(name for edge, name in SIMILARITY_BINS if similarity > edge)
 
 
+def train_hashes(tasks: list[Task]) -> set[int]:
+    """The hash of every text of the train-split tasks, both sides: what a held-out text must not match."""
+    return {text_hash(e.text) for t in tasks if t.split == "train" for e in (*t.train, *t.test)}
+
+
 def contamination(tasks: list[Task]) -> dict[str, Any]:
     """Share of each held-out task's examples whose text also occurs in a train-split task."""
-    seen = {text_hash(e.text) for t in tasks if t.split == "train" for e in (*t.train, *t.test)}
+    seen = train_hashes(tasks)
     if not seen:
         raise DataError("the corpus has no train-split tasks to check against")
     per_task = []
@@ -71,10 +76,12 @@ def contamination(tasks: list[Task]) -> dict[str, Any]:
     }
 
 
-def drop_contaminated(root: Path, out: Path) -> dict[str, int]:
-    """A copy of the corpus at `root` without held-out examples seen in training; returns drops per task."""
-    tasks = load_corpus(root)
-    seen = {text_hash(e.text) for t in tasks if t.split == "train" for e in (*t.train, *t.test)}
+def drop_contaminated(root: Path, tasks: list[Task], out: Path) -> dict[str, int]:
+    """A copy of the corpus at `root` (whose `tasks` are loaded) without held-out examples seen in training.
+
+    Returns the examples dropped per held-out task.
+    """
+    seen = train_hashes(tasks)
     (out / "instances").mkdir(parents=True, exist_ok=True)
     records = {r["id"]: r for r in map(json.loads, (root / "tasks.jsonl").read_text(encoding="utf-8").splitlines())}
     dropped = {}
@@ -111,8 +118,7 @@ def load_embedder(name: str) -> Any:
     try:
         return SentenceTransformer(EMBEDDERS.get(name, name), device="cpu")
     except OSError as e:  # offline and not cached, or no such model
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"cannot load the embedder '{name}' ({first}); give a local model directory") from None
+        raise DataError(f"cannot load the embedder '{name}' ({first_line(e)}); give a local model directory") from None
 
 
 def task_vectors(tasks: list[Task], embedder: Any, *, texts_per_task: int, seed: int) -> np.ndarray:
@@ -186,7 +192,7 @@ def check_corpus(
         summary["embedder"] = embedder
         summary["bins"] = {name: sum(r["bin"] == name for r in rows) for _, name in SIMILARITY_BINS}
     if drop_to is not None:
-        dropped = drop_contaminated(root, drop_to)
+        dropped = drop_contaminated(root, tasks, drop_to)
         summary["dropped_to"] = str(drop_to)
         summary["dropped"] = sum(dropped.values())
     return summary
