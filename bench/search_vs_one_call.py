@@ -6,11 +6,12 @@ tweet_eval_emotion (all have the 100 train rows n=100 needs). n=20 shown example
 scored, seed 0; the bundled Qwen2.5-Coder-1.5B is
 follower, generator and reflection LM, as in bench/spine.py, whose naive, icl:20, icl:100 and
 promptmii-zero rows are reused (same follower, tasks, n, m, seed). promptmii is the trained 0.5B
-generator's rows from bench/trained_vs_zero.py. APE runs with its default budget (2,000 follower
+generator (bench/trained_vs_zero.py's run and settings): its n=20 rows come from that benchmark, its
+n=100 rows are run here. APE runs with its default budget (2,000 follower
 calls) and GEPA with the reference's (150 metric calls).
 
 GEPA runs on every task first (minutes a task), then APE (about an hour a task on 2 cores); then the
-same at n=100, with promptmii-zero at n=100 as the one-call arm there. Rows go
+same at n=100, with promptmii-zero and promptmii at n=100 as the one-call arms there. Rows go
 to bench/runs/search_vs_one_call/ as they finish and every search journals its calls, so a killed
 run resumes; the summary goes to bench/results/search_vs_one_call.json.
 
@@ -33,20 +34,22 @@ from promptmii import models
 from promptmii.data import load_tasks
 from promptmii.experiment import EvalConfig, run_eval
 from promptmii.results import Result, ResultsDir, read_results
+from trained_vs_zero import POLICY, RUN  # the trained generator: its base model and training run
 
 ROOT = Path(__file__).resolve().parent
 MODEL = f"llamacpp:{models.DEFAULT_MODEL}"
 TASK_DRAW_SEED, TASK_COUNT = 0, 8
 SEARCHES = ("gepa", "ape")
 # What runs here, in order: GEPA (minutes a task) before APE (about an hour a task), n=20 before n=100.
-PLAN = ((20, "gepa"), (20, "ape"), (100, "promptmii-zero"), (100, "gepa"), (100, "ape"))
+PLAN = ((20, "gepa"), (20, "ape"), (100, "promptmii-zero"), (100, "promptmii"), (100, "gepa"), (100, "ape"))
 # The arms compared at each n, as (method, n_shots). Naive ignores the examples, so its n=20 row serves
 # both; icl:20, icl:100 and promptmii-zero n=20 come from bench/runs/spine, promptmii (trained) from
 # bench/runs/trained_vs_zero.
 ARMS = {
     20: (("naive", 20), ("icl:20", 20), ("icl:100", 100), ("promptmii-zero", 20), ("promptmii", 20), ("gepa", 20),
          ("ape", 20)),
-    100: (("naive", 20), ("icl:100", 100), ("promptmii-zero", 100), ("gepa", 100), ("ape", 100)),
+    100: (("naive", 20), ("icl:100", 100), ("promptmii-zero", 100), ("promptmii", 100), ("gepa", 100),
+          ("ape", 100)),
 }  # fmt: skip
 
 
@@ -68,14 +71,25 @@ def main() -> None:
     if not args.summarize_only:
         tasks = load_tasks(args.corpus, split="test", task_ids=task_ids)
         for n, method in PLAN:
-            config = EvalConfig(methods=(method,), n=n, m=100, follower=MODEL, base_generator=MODEL, seed=0)
-            run_eval(tasks, config, out, quiet=False)
+            run_eval(tasks, plan_config(n, method), out, quiet=False)
     rows = _rows(out.results_path)
     rows += _rows(ROOT / "runs" / "spine" / "results.jsonl")
     rows += [r for r in _rows(ROOT / "runs" / "trained_vs_zero" / "results.jsonl") if r.method == "promptmii"]
     summary = summarize(task_ids, rows)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps({n: part["mean"] for n, part in summary["by_n"].items()}, indent=2))
+    for n, part in summary["by_n"].items():
+        print(f"n={n}: {part['tasks_complete']}/{len(task_ids)} tasks complete")
+        for search, partial in part["so_far"].items():
+            means = {arm: m.get("macro_f1") for arm, m in partial["mean"].items()}
+            print(f"  {search} so far, {len(partial['tasks'])} tasks, macro-F1: {json.dumps(means)}")
+
+
+def plan_config(n: int, method: str) -> EvalConfig:
+    """The 1.5B as follower and generator; the trained arm as bench/trained_vs_zero.py runs it."""
+    if method == "promptmii":
+        return EvalConfig(methods=(method,), n=n, m=100, follower=MODEL, base_generator=POLICY,
+                          generator=f"llamacpp:{RUN}", max_instruction_tokens=256, seed=0)  # fmt: skip
+    return EvalConfig(methods=(method,), n=n, m=100, follower=MODEL, base_generator=MODEL, seed=0)
 
 
 def _rows(path: Path) -> list[Result]:
@@ -116,16 +130,17 @@ def summarize(task_ids: list[str], rows: list[Result]) -> dict:
     by_n = {}
     for n, arms in ARMS.items():
         done = [t for t in task_ids if all((t, *arm) in latest for arm in arms)]
-        mean = {}
-        for method, shots in arms:
-            picked = [cost(latest[(t, method, shots)]) for t in done]
-            numeric = [k for k, v in (picked[0].items() if picked else []) if type(v) in (int, float)]
-            mean[f"{method} n={shots}"] = {k: _mean([p[k] for p in picked]) for k in numeric}
+        so_far = {}  # while the run is partial: each search against the one-call arms, on the tasks it has done
+        for search in SEARCHES:
+            compared = [arm for arm in arms if arm[0] not in SEARCHES or arm[0] == search]
+            tasks = [t for t in task_ids if all((t, *arm) in latest for arm in compared)]
+            so_far[search] = {"tasks": tasks, "mean": arm_means(latest, tasks, compared)}
         by_n[str(n)] = {
             "tasks_complete": len(done),
             "complete": len(done) == len(task_ids),
             "rows_per_arm": {f"{m} n={k}": sum((t, m, k) in latest for t in task_ids) for m, k in arms},
-            "mean": mean,
+            "mean": arm_means(latest, done, arms),
+            "so_far": so_far,
             "per_task": {
                 t: {f"{m} n={k}": cost(latest[(t, m, k)]) for m, k in arms if (t, m, k) in latest} for t in task_ids
             },
@@ -143,6 +158,16 @@ def summarize(task_ids: list[str], rows: list[Result]) -> dict:
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
         "note": "seconds of the reused spine rows were measured in their own runs, on the same machine kind",
     }
+
+
+def arm_means(latest: dict, tasks: list[str], arms: tuple) -> dict:
+    """The mean of every numeric cost field, per arm, over `tasks`."""
+    means = {}
+    for method, shots in arms:
+        picked = [cost(latest[(t, method, shots)]) for t in tasks]
+        numeric = [k for k, v in (picked[0].items() if picked else []) if type(v) in (int, float)]
+        means[f"{method} n={shots}"] = {k: _mean([p[k] for p in picked]) for k in numeric}
+    return means
 
 
 def _mean(values: list) -> float | None:
