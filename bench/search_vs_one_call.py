@@ -118,7 +118,9 @@ def cost(r: Result) -> dict:
         + r.follower_completion_tokens
         + r.generator_prompt_tokens
         + r.generator_completion_tokens,
-        "seconds": round(r.seconds, 1),
+        "seconds": round(r.seconds, 1),  # this run's wall time: cache replays and resumes make it short
+        # what the row costs cold; rows from before schema 3 (the reused spine rows, all cold) have only `seconds`
+        "model_seconds": round(r.model_seconds if r.model_seconds is not None else r.seconds, 1),
         "budget_exhausted": r.budget_exhausted,
         "candidates": r.candidates,
         "instruction": r.instruction[:300],
@@ -156,7 +158,9 @@ def summarize(task_ids: list[str], rows: list[Result]) -> dict:
         "budgets": {"ape": "2,000 follower calls", "gepa": "150 metric calls (follower calls)"},
         "by_n": by_n,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-        "note": "seconds of the reused spine rows were measured in their own runs, on the same machine kind",
+        "note": "model_seconds is the time every call of a row took when it was made (a cold run's cost; cache "
+        "replays and resumed searches count their first time); seconds is the wall time of the run that wrote the "
+        "row. The reused spine and trained rows ran cold, on the same machine kind.",
     }
 
 

@@ -116,6 +116,7 @@ def build_prefix(
         generator_prompt_tokens=instruction.prompt_tokens,
         generator_completion_tokens=instruction.completion_tokens,
         cache_hits=int(instruction.cached),
+        seconds=instruction.seconds,
     )
     return Prefix(instruction.text, len(shots), instruction, warnings, spend)
 

@@ -49,7 +49,7 @@ class FollowerRun:
     completion_tokens: int
     calls: int
     cache_hits: int
-    seconds: float
+    seconds: float  # the calls' own time, cache replays at the time they first took
 
 
 @dataclass
@@ -63,18 +63,21 @@ class Spend:
     follower_prompt_tokens: int = 0
     follower_completion_tokens: int = 0
     cache_hits: int = 0
+    seconds: float = 0.0  # the calls' own time; a cache replay counts the time the call first took
 
     def add_generation(self, generation: Generation) -> None:
         self.generator_calls += 1
         self.generator_prompt_tokens += generation.prompt_tokens
         self.generator_completion_tokens += generation.completion_tokens
         self.cache_hits += generation.cached
+        self.seconds += generation.seconds
 
     def add_run(self, run: FollowerRun) -> None:
         self.follower_calls += run.calls
         self.follower_prompt_tokens += run.prompt_tokens
         self.follower_completion_tokens += run.completion_tokens
         self.cache_hits += run.cache_hits
+        self.seconds += run.seconds
 
 
 def prefix_tokens(follower: Backend, prefix: str, labels: tuple[str, ...]) -> int:

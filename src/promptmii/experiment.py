@@ -229,6 +229,7 @@ def _evaluate_task(
             budget_exhausted=search.budget_exhausted if search else False,
             candidates=len(search.candidates) if search else 0,
             generator_follower=models.trained_for(config.generator) if role == "generator" else None,
+            model_seconds=round(run.seconds + spend.seconds, 3),
         )
         samples = [
             Sample(task.id, method.spec, result.fingerprint, i, e.text, e.label, reply, pred, error)

@@ -21,9 +21,9 @@ from typing import Any
 from promptmii.errors import PromptMIIError
 from promptmii.metrics import mean
 
-# 2 added the search fields and generator_follower; a version-1 row reads with their defaults.
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 2 added the search fields and generator_follower, 3 added model_seconds; older rows read with defaults.
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,9 @@ class Result:
     # The follower a trained generator was meta-trained against (None for untrained generators), so a
     # report can tell a transfer (generator trained for one follower, scored with another) from a match.
     generator_follower: str | None = None
+    # Seconds the row's model calls took when they were made, cache replays and resumed work included:
+    # what a cold run costs, where `seconds` is this run's wall time (None in rows before schema 3).
+    model_seconds: float | None = None
     run_id: str = ""
     promptmii_version: str = ""
     git_sha: str | None = None
