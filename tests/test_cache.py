@@ -20,6 +20,17 @@ def test_second_call_is_served_from_the_cache(tmp_path: Path) -> None:
     assert (again[0].text, again[0].cached, first[0].cached) == ("hi", True, False)
 
 
+def test_a_prompt_repeated_in_one_batch_is_asked_once_and_timed_once(tmp_path: Path) -> None:
+    fake = FakeBackend(rule=lambda chat: chat[0]["content"].upper())
+    cached = CachedBackend(fake, tmp_path / "c.sqlite")
+    other = [{"role": "user", "content": "bye"}]
+    replies = cached.generate([CHAT, other, CHAT], GenParams())
+    assert [r.text for r in replies] == ["HELLO", "BYE", "HELLO"]
+    assert [(r.cached, r.seconds) for r in replies] == [(False, 0.01), (False, 0.01), (True, 0.0)]
+    assert len(fake.calls) == 2
+    assert cached.stored_seconds() == 0.02
+
+
 def test_key_includes_model_params_and_sample_index() -> None:
     base = cache_key("B", "model-a", CHAT, GenParams())
     assert base != cache_key("B", "model-b", CHAT, GenParams())

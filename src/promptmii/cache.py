@@ -11,7 +11,7 @@ import hashlib
 import json
 import sqlite3
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from promptmii.backends import Backend, Chat, Generation, GenParams
@@ -66,6 +66,10 @@ class CachedBackend:
         self._db.executescript(SCHEMA)
         self._db.commit()
 
+    def stored_seconds(self) -> float:
+        """Seconds the generations stored here took when they were made, each distinct call once."""
+        return float(self._db.execute("SELECT COALESCE(SUM(seconds), 0) FROM calls").fetchone()[0])
+
     @property
     def token_counter(self) -> str:  # an HTTP backend learns how it counts on its first count
         return self.backend.token_counter
@@ -73,14 +77,19 @@ class CachedBackend:
     def generate(self, prompts: list[Chat], params: GenParams) -> list[Generation]:
         keys = [cache_key(self._kind, self.model_id, p, params) for p in prompts]
         results: list[Generation | None] = [self._lookup(k) for k in keys]
-        missing = [i for i, r in enumerate(results) if r is None]
+        missing = {keys[i]: i for i, r in reversed(list(enumerate(results))) if r is None}  # key -> first index
         if missing:
-            fresh = self.backend.generate([prompts[i] for i in missing], params)
-            for i, generation in zip(missing, fresh, strict=True):
-                results[i] = generation
+            fresh = dict(
+                zip(missing, self.backend.generate([prompts[i] for i in missing.values()], params), strict=True)
+            )
+            for key, generation in fresh.items():
                 if generation.error is None:
-                    self._store(keys[i], generation)
+                    self._store(key, generation)
             self._db.commit()
+            for i, r in enumerate(results):  # a prompt repeated within the batch is asked once
+                if r is None:
+                    generation = fresh[keys[i]]
+                    results[i] = generation if i == missing[keys[i]] else replace(generation, cached=True, seconds=0.0)
         return [r for r in results if r is not None]
 
     def label_logprobs(self, prompt: Chat, labels: list[str]) -> dict[str, float]:

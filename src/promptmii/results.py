@@ -64,8 +64,9 @@ class Result:
     # The follower a trained generator was meta-trained against (None for untrained generators), so a
     # report can tell a transfer (generator trained for one follower, scored with another) from a match.
     generator_follower: str | None = None
-    # Seconds the row's model calls took when they were made, cache replays and resumed work included:
-    # what a cold run costs, where `seconds` is this run's wall time (None in rows before schema 3).
+    # Seconds the row's model calls took when they were made, each distinct call once (a search's repeats
+    # are answered by its journal): what a run from an empty cache costs, where `seconds` is the wall time
+    # of the run that wrote the row, short when it replayed a cache or resumed (None before schema 3).
     model_seconds: float | None = None
     run_id: str = ""
     promptmii_version: str = ""

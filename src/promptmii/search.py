@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -92,9 +92,10 @@ def run_search(
     run_dir.mkdir(parents=True, exist_ok=True)
     journal = run_dir / "calls.sqlite"
     budget = config.budget(method)
+    journaled_follower = CachedBackend(follower, journal)
     with tqdm(total=budget, desc=f"{method} search", disable=quiet, leave=False, unit="call") as bar:
         ledger = Ledger(
-            CachedBackend(follower, journal),
+            journaled_follower,
             CachedBackend(generator, journal),
             labels,
             budget,
@@ -108,7 +109,11 @@ def run_search(
     with (run_dir / "candidates.jsonl").open("w", encoding="utf-8") as f:
         f.writelines(json.dumps(asdict(c), ensure_ascii=False) + "\n" for c in candidates)
     best = max(candidates, key=lambda c: c.score)  # the first of equals: the earliest scored
-    return SearchOutcome(best.instruction, candidates, ledger.spend, budget, ledger.used, ledger.exhausted)
+    # The search's time is its journal's: every distinct call once, at what it took when it was made. So
+    # a resumed or replayed search costs what it did the first time, and a repeat the journal answered
+    # costs nothing, as in a cold run. (Label scorings of the score decodings are not timed there.)
+    spend = replace(ledger.spend, seconds=journaled_follower.stored_seconds())
+    return SearchOutcome(best.instruction, candidates, spend, budget, ledger.used, ledger.exhausted)
 
 
 # ---------------------------------------------------------------- the ledger
