@@ -120,7 +120,7 @@ def cost(r: Result) -> dict:
         + r.generator_completion_tokens,
         "seconds": round(r.seconds, 1),  # this run's wall time: cache replays and resumes make it short
         # what the row costs cold; rows from before schema 3 (the reused spine rows, all cold) have only `seconds`
-        "model_seconds": round(r.model_seconds if r.model_seconds is not None else r.seconds, 1),
+        "model_seconds": round(r.cost_seconds, 1),
         "budget_exhausted": r.budget_exhausted,
         "candidates": r.candidates,
         "instruction": r.instruction[:300],

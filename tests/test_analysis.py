@@ -184,7 +184,7 @@ def test_main_table_means_by_hand(two_arms: Path, tmp_path: Path) -> None:
     assert naive["accuracy"] == "0.7500"
     assert naive["prompt_tokens_per_query"] == "200.0000"
     assert naive["llm_calls"] == "25.0000"
-    assert naive["seconds"] == "2.0000"
+    assert naive["cost_seconds"] == "2.0000"  # rows without model_seconds cost their wall seconds
     assert main["icl:20"]["tasks"] == "3" and main["icl:20"]["macro_f1"] == "0.5000"
     assert "| naive | 4 | 0.700 | 0.750 | 0.000 | 200.000 | 25.000 |" in report.read_text(encoding="utf-8")
 
@@ -321,6 +321,12 @@ def test_last_row_wins_and_several_rows_per_cell_are_flagged(tmp_path: Path) -> 
     assert "Rows: 3 (1 repeated (task, method, fingerprint) keys: the last kept)" in text
     assert "1 (arm, task) cells hold several rows, whose mean is used; config keys that differ" in text
     assert "differ between them: template" in text
+
+
+def test_cost_seconds_is_model_seconds_where_a_row_has_them() -> None:
+    replayed = row("t1", "gepa", 0.5, seconds=0.1, model_seconds=900.0)  # a resumed search: short wall time
+    old = row("t1", "naive", 0.5, seconds=3.0)  # before schema 3
+    assert (replayed.cost_seconds, old.cost_seconds) == (900.0, 3.0)
 
 
 def test_mixed_schema_versions_read(tmp_path: Path) -> None:

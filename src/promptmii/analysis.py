@@ -34,7 +34,7 @@ MAIN_FIELDS = (
     "llm_calls",
     "generator_calls",
     "follower_calls",
-    "seconds",
+    "cost_seconds",
 )
 TEMPLATED_METHODS = ("promptmii", "promptmii-zero")  # their instruction comes from a meta-prompt template
 TRAINED_METHOD = "promptmii"  # the method whose generator was meta-trained (the transfer section)
@@ -397,7 +397,9 @@ def _follower_sections(
         _section(
             f"{level} Main table",
             f"One row per arm, over {tasks} tasks: each column is the mean over the arm's tasks of that number in "
-            "its result rows (tokens: follower prompt tokens per query; calls and seconds: per task).",
+            "its result rows (tokens: follower prompt tokens per query; calls and seconds: per task; cost_seconds: "
+            "the time the row's calls took when made, each once, so cache replays and resumed runs do not shrink "
+            "it; rows before schema 3 give their wall seconds).",
             main,
             out / f"main{suffix}.csv",
         ),

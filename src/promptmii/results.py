@@ -78,6 +78,11 @@ class Result:
     def key(self) -> tuple[str, str, str]:
         return (self.task, self.method, self.fingerprint)
 
+    @property
+    def cost_seconds(self) -> float:
+        """What the row costs in model time: `model_seconds`, or the wall `seconds` of rows before schema 3."""
+        return self.model_seconds if self.model_seconds is not None else self.seconds
+
 
 @dataclass(frozen=True)
 class Sample:
