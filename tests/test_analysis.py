@@ -331,8 +331,9 @@ def test_cost_seconds_is_model_seconds_where_a_row_has_them() -> None:
 
 def test_mixed_schema_versions_read(tmp_path: Path) -> None:
     old = asdict(row("t1", "naive", 0.4))
-    for newer in ("search_budget", "search_follower_calls", "budget_exhausted", "candidates", "generator_follower"):
-        del old[newer]
+    newer = ("search_budget", "search_follower_calls", "budget_exhausted", "candidates", "generator_follower")
+    for name in (*newer, "model_seconds"):
+        del old[name]
     old["schema_version"] = 1
     path = write(tmp_path / "results.jsonl", [old, row("t2", "naive", 0.6, search_budget=50)])
     write_report([path], tmp_path / "out")

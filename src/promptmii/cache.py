@@ -77,7 +77,10 @@ class CachedBackend:
     def generate(self, prompts: list[Chat], params: GenParams) -> list[Generation]:
         keys = [cache_key(self._kind, self.model_id, p, params) for p in prompts]
         results: list[Generation | None] = [self._lookup(k) for k in keys]
-        missing = {keys[i]: i for i, r in reversed(list(enumerate(results))) if r is None}  # key -> first index
+        missing: dict[str, int] = {}  # key -> the first index that asks it, in the batch's order
+        for i, r in enumerate(results):
+            if r is None:
+                missing.setdefault(keys[i], i)
         if missing:
             fresh = dict(
                 zip(missing, self.backend.generate([prompts[i] for i in missing.values()], params), strict=True)
