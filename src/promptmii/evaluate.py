@@ -63,21 +63,21 @@ class Spend:
     follower_prompt_tokens: int = 0
     follower_completion_tokens: int = 0
     cache_hits: int = 0
-    seconds: float = 0.0  # the calls' own time; a cache replay counts the time the call first took
+    # The calls' own time, set by whoever built the spend: the generator call's, or a search's journal sum
+    # (each distinct call once; the add_* methods leave it alone because repeats would count again).
+    seconds: float = 0.0
 
     def add_generation(self, generation: Generation) -> None:
         self.generator_calls += 1
         self.generator_prompt_tokens += generation.prompt_tokens
         self.generator_completion_tokens += generation.completion_tokens
         self.cache_hits += generation.cached
-        self.seconds += generation.seconds
 
     def add_run(self, run: FollowerRun) -> None:
         self.follower_calls += run.calls
         self.follower_prompt_tokens += run.prompt_tokens
         self.follower_completion_tokens += run.completion_tokens
         self.cache_hits += run.cache_hits
-        self.seconds += run.seconds
 
 
 def prefix_tokens(follower: Backend, prefix: str, labels: tuple[str, ...]) -> int:
