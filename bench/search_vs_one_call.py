@@ -34,7 +34,7 @@ from promptmii import models
 from promptmii.data import Task, load_tasks
 from promptmii.experiment import EvalConfig, run_eval
 from promptmii.results import Result, ResultsDir, read_results
-from trained_vs_zero import POLICY, RUN  # the trained generator: its base model and training run
+from trained_vs_zero import RUN, trained_config  # the trained generator: its run and settings
 
 ROOT = Path(__file__).resolve().parent
 MODEL = f"llamacpp:{models.DEFAULT_MODEL}"
@@ -93,8 +93,7 @@ def text_chars(task: Task) -> int:
 def plan_config(n: int, method: str) -> EvalConfig:
     """The 1.5B as follower and generator; the trained arm as bench/trained_vs_zero.py runs it."""
     if method == "promptmii":
-        return EvalConfig(methods=(method,), n=n, m=100, follower=MODEL, base_generator=POLICY,
-                          generator=f"llamacpp:{RUN}", max_instruction_tokens=256, seed=0)  # fmt: skip
+        return trained_config(RUN, (method,), n)
     return EvalConfig(methods=(method,), n=n, m=100, follower=MODEL, base_generator=MODEL, seed=0)
 
 

@@ -45,16 +45,7 @@ def main() -> None:
     args = parser.parse_args()
 
     run = Path(args.run)
-    config = EvalConfig(
-        methods=METHODS,
-        n=20,
-        m=100,
-        follower=FOLLOWER,
-        base_generator=POLICY,
-        generator=f"llamacpp:{run}",
-        max_instruction_tokens=256,
-        seed=0,
-    )
+    config = trained_config(run, METHODS)
     tasks = load_tasks(args.corpus, split="test")
     out = ResultsDir(Path(args.runs))
     if not args.summarize_only:
@@ -65,6 +56,12 @@ def main() -> None:
     summary = summarize([t.id for t in tasks], rows + spine, run)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary["mean"], indent=2))
+
+
+def trained_config(run: Path, methods: tuple[str, ...], n: int = 20) -> EvalConfig:
+    """The trained generator as this benchmark runs it: its base model + the run's adapter, 256-token limit."""
+    return EvalConfig(methods=methods, n=n, m=100, follower=FOLLOWER, base_generator=POLICY,
+                      generator=f"llamacpp:{run}", max_instruction_tokens=256, seed=0)  # fmt: skip
 
 
 def summarize(task_ids: list[str], rows: list, run: Path) -> dict:
