@@ -332,7 +332,7 @@ def test_train_cli_reports_bad_input_in_one_line(tmp_path, tiny_policy) -> None:
     assert result.output.startswith("Error: ") and result.output.count("\n") == 1
 
 
-def test_a_run_without_an_adapter_cannot_be_used_as_generator(tmp_path: Path) -> None:
+def test_a_run_without_an_adapter_or_config_cannot_be_used_as_generator(tmp_path: Path) -> None:
     from promptmii.backends import get_backend
     from promptmii.errors import ModelFileError
 
@@ -343,7 +343,12 @@ def test_a_run_without_an_adapter_cannot_be_used_as_generator(tmp_path: Path) ->
         get_backend(str(run))
     with pytest.raises(ModelFileError, match="promptmii export"):
         get_backend(f"llamacpp:{run}")
+    (run / models.RUN_CONFIG).unlink()
+    with pytest.raises(ModelFileError, match=f"not a training run \\(no {models.RUN_CONFIG}\\)"):
+        get_backend(f"llamacpp:{run}")
     shutil.rmtree(run)
+    with pytest.raises(ModelFileError, match="no such model file or training run"):
+        get_backend(f"llamacpp:{run}")
 
 
 def test_lora_tensor_names_follow_llama_cpp() -> None:

@@ -96,8 +96,11 @@ class LlamaCppBackend:
             return cls.from_training_run(run)
         if target.endswith(".gguf") or os.sep in target:
             path = Path(target).expanduser()
+            if path.is_dir():
+                raise ModelFileError(f"{path}: a directory, but not a training run (no {models.RUN_CONFIG})")
             if not path.is_file():
-                raise ModelFileError(f"{path}: no such model file")
+                what = "model file" if target.endswith(".gguf") else "model file or training run (`promptmii train`)"
+                raise ModelFileError(f"{path}: no such {what}")
             return cls(path, f"{path.name}@{models.file_sha256(path)[:12]}")
         model = models.lookup(target)
         return cls(models.ensure_bundled(target), f"{model.name}-q4_k_m@{model.sha256[:12]}")
