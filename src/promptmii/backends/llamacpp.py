@@ -91,11 +91,10 @@ class LlamaCppBackend:
     @classmethod
     def from_spec(cls, target: str) -> LlamaCppBackend:
         """`target` is a bundled model name, a path to a .gguf file, or an exported training run."""
-        run = Path(target).expanduser()
-        if models.is_training_run(run):
-            return cls.from_training_run(run)
+        path = Path(target).expanduser()
+        if models.is_training_run(path):
+            return cls.from_training_run(path)
         if target.endswith(".gguf") or os.sep in target:
-            path = Path(target).expanduser()
             if path.is_dir():
                 raise ModelFileError(f"{path}: a directory, but not a training run (no {models.RUN_CONFIG})")
             if not path.is_file():
