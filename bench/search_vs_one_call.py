@@ -41,6 +41,7 @@ ROOT = Path(__file__).resolve().parent
 MODEL = f"llamacpp:{models.DEFAULT_MODEL}"
 TASK_DRAW_SEED, TASK_COUNT = 0, 8
 SEARCHES = ("gepa", "ape")
+OPTIONAL = ("promptmii",)  # the trained generator's arm: left out of the means while it has no rows
 # What runs here, in order: GEPA (minutes a task) before APE (about an hour a task), n=20 before n=100.
 PLAN = ((20, "gepa"), (20, "ape"), (100, "promptmii-zero"), (100, "promptmii"), (100, "gepa"), (100, "ape"))
 # The arms compared at each n, as (method, n_shots). Naive ignores the examples, so its n=20 row serves
@@ -143,7 +144,9 @@ def cost(r: Result) -> dict:
 def summarize(task_ids: list[str], rows: list[Result]) -> dict:
     latest = {(r.task, r.method, r.n_shots): r for r in rows if r.task in task_ids}
     by_n = {}
-    for n, arms in ARMS.items():
+    for n, all_arms in ARMS.items():
+        # The trained arm runs only where a trained generator exists; without one it must not hold back the rest.
+        arms = tuple(a for a in all_arms if a[0] not in OPTIONAL or any((t, *a) in latest for t in task_ids))
         done = [t for t in task_ids if all((t, *arm) in latest for arm in arms)]
         so_far = {}  # while the run is partial: each search against the one-call arms, on the tasks it has done
         for search in SEARCHES:
@@ -153,7 +156,8 @@ def summarize(task_ids: list[str], rows: list[Result]) -> dict:
         by_n[str(n)] = {
             "tasks_complete": len(done),
             "complete": len(done) == len(task_ids),
-            "rows_per_arm": {f"{m} n={k}": sum((t, m, k) in latest for t in task_ids) for m, k in arms},
+            "rows_per_arm": {f"{m} n={k}": sum((t, m, k) in latest for t in task_ids) for m, k in all_arms},
+            "arms_left_out": [f"{m} n={k}" for m, k in all_arms if (m, k) not in arms],
             "mean": arm_means(latest, done, arms),
             "so_far": so_far,
             "per_task": {
