@@ -145,8 +145,9 @@ def summarize(task_ids: list[str], rows: list[Result]) -> dict:
     latest = {(r.task, r.method, r.n_shots): r for r in rows if r.task in task_ids}
     by_n = {}
     for n, all_arms in ARMS.items():
+        rows_per_arm = {arm: sum((t, *arm) in latest for t in task_ids) for arm in all_arms}
         # The trained arm runs only where a trained generator exists; without one it must not hold back the rest.
-        arms = tuple(a for a in all_arms if a[0] not in OPTIONAL or any((t, *a) in latest for t in task_ids))
+        arms = tuple(arm for arm, count in rows_per_arm.items() if count or arm[0] not in OPTIONAL)
         done = [t for t in task_ids if all((t, *arm) in latest for arm in arms)]
         so_far = {}  # while the run is partial: each search against the one-call arms, on the tasks it has done
         for search in SEARCHES:
@@ -156,7 +157,7 @@ def summarize(task_ids: list[str], rows: list[Result]) -> dict:
         by_n[str(n)] = {
             "tasks_complete": len(done),
             "complete": len(done) == len(task_ids),
-            "rows_per_arm": {f"{m} n={k}": sum((t, m, k) in latest for t in task_ids) for m, k in all_arms},
+            "rows_per_arm": {f"{m} n={k}": count for (m, k), count in rows_per_arm.items()},
             "arms_left_out": [f"{m} n={k}" for m, k in all_arms if (m, k) not in arms],
             "mean": arm_means(latest, done, arms),
             "so_far": so_far,
