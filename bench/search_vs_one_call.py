@@ -157,12 +157,12 @@ def summarize(task_ids: list[str], rows: list[Result]) -> dict:
         by_n[str(n)] = {
             "tasks_complete": len(done),
             "complete": len(done) == len(task_ids),
-            "rows_per_arm": {f"{m} n={k}": count for (m, k), count in rows_per_arm.items()},
-            "arms_left_out": [f"{m} n={k}" for m, k in all_arms if (m, k) not in arms],
+            "rows_per_arm": {arm_label(*arm): count for arm, count in rows_per_arm.items()},
+            "arms_left_out": [arm_label(*arm) for arm in all_arms if arm not in arms],
             "mean": arm_means(latest, done, arms),
             "so_far": so_far,
             "per_task": {
-                t: {f"{m} n={k}": cost(latest[(t, m, k)]) for m, k in arms if (t, m, k) in latest} for t in task_ids
+                t: {arm_label(*arm): cost(latest[(t, *arm)]) for arm in arms if (t, *arm) in latest} for t in task_ids
             },
         }
     return {
@@ -188,8 +188,13 @@ def arm_means(latest: dict, tasks: list[str], arms: tuple) -> dict:
     for method, shots in arms:
         picked = [cost(latest[(t, method, shots)]) for t in tasks]
         numeric = [k for k, v in (picked[0].items() if picked else []) if type(v) in (int, float)]
-        means[f"{method} n={shots}"] = {k: _mean([p[k] for p in picked]) for k in numeric}
+        means[arm_label(method, shots)] = {k: _mean([p[k] for p in picked]) for k in numeric}
     return means
+
+
+def arm_label(method: str, shots: int) -> str:
+    """How an arm is named in the summary: the method and the n it was shown, e.g. "ape n=100"."""
+    return f"{method} n={shots}"
 
 
 def _mean(values: list) -> float | None:
