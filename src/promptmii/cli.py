@@ -28,6 +28,7 @@ from promptmii.data import draw, load_tasks
 from promptmii.errors import PromptMIIError, first_line
 from promptmii.evaluate import DECODING
 from promptmii.experiment import DEFAULT_BACKEND, Backends, EvalConfig, result_keys, run_eval
+from promptmii.expert_iteration import ExpertIterationConfig
 from promptmii.induce import induce
 from promptmii.prompts import DEFAULT_TEMPLATE, TEMPLATES
 from promptmii.results import Result, ResultsDir, mean_by_method, read_results
@@ -300,6 +301,44 @@ def train_cmd(resume: bool, dry_run: bool, **fields: Any) -> None:
             click.echo(json.dumps(asdict(train.dry_run(config)), indent=2))
             return
         click.echo(json.dumps(train.train(config, resume=resume), indent=2))
+
+
+@main.command(name="train-ei", context_settings=CONTEXT)
+@_config_options(ExpertIterationConfig)
+@click.option(
+    "--stage",
+    type=click.Choice(["all", "collect", "fine-tune", "validate"]),
+    default="all",
+    show_default=True,
+    help="Run one stage, or all three in order (each resumes where it stopped).",
+)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def train_ei_cmd(stage: str, quiet: bool, **fields: Any) -> None:
+    """Meta-train the generator by expert iteration: the CPU recipe of the shipped adapter.
+
+    collect: per train task, the generator writes several instructions; the follower ranks them on one
+    pool of examples and confirms the best against Naive on a second. fine-tune: LoRA SFT (TRL) on the
+    confirmed winners. validate: export the adapter and compare it with Naive and the untrained generator
+    on the validation split (selection.json; promoted only if it beats both). docs/training.md has the costs.
+
+    Example:
+
+        promptmii train-ei --corpus ../shared/corpus --output bench/runs/expert_iteration
+    """
+    from promptmii import expert_iteration as ei
+
+    with _errors_as_one_line():
+        config = ExpertIterationConfig(**fields)
+        report: dict[str, Any] = {}
+        records = ei.read_records(Path(config.output) / ei.COLLECT_LOG)
+        if stage in ("all", "collect"):
+            records = ei.collect(config, quiet=quiet)
+        report["collect"] = ei.summarize(records)
+        if stage in ("all", "fine-tune"):
+            report["adapter"] = str(ei.fine_tune(config, records))
+        if stage in ("all", "validate"):
+            report["selection"] = ei.validate(config, quiet=quiet)
+        click.echo(json.dumps(report, indent=2))
 
 
 @main.command(name="report", context_settings=CONTEXT)

@@ -14,7 +14,7 @@ from promptmii.parse import extract_instruction
 @dataclass(frozen=True)
 class InduceConfig:
     template: str = field(
-        default=prompts.DEFAULT_TEMPLATE, metadata={"help": "meta-prompt template: structured | terse"}
+        default=prompts.DEFAULT_TEMPLATE, metadata={"help": "meta-prompt template: " + " | ".join(prompts.TEMPLATES)}
     )
     max_tokens: int = field(default=1024, metadata={"help": "generator token limit (the paper's training limit)"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy, as the paper evaluates"})

@@ -201,6 +201,19 @@ def available() -> list[dict[str, object]]:
                 "note": model.note,
             }
         )
+    for name, path in shipped_adapters().items():
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        rows.append(
+            {
+                "name": name,
+                "installed": True,
+                "assembled": (path / EXPORTED_ADAPTER).is_file(),
+                "size_mb": round((path / EXPORTED_ADAPTER).stat().st_size / 1e6),
+                "path": str(path / EXPORTED_ADAPTER),
+                "hf_copy": "",
+                "note": f"trained generator: LoRA on {manifest['base']}, {manifest['note']}",
+            }
+        )
     return rows
 
 
@@ -277,3 +290,43 @@ def policy_path(policy: str) -> Path:
     if path.is_dir():
         return path
     return ensure_dequantized(policy)
+
+
+# ---------------------------------------------------------------- trained generators shipped in the package
+
+# A promoted adapter ships as package data in promptmii/adapters/NAME/: adapter.gguf (the LoRA llama.cpp
+# applies to the base GGUF), promptmii_train.json (the run's config: policy, follower, template) and
+# manifest.json (the adapter's sha256 and the validation table that promoted it). `--generator NAME`
+# or `llamacpp:NAME` selects one.
+MANIFEST = "manifest.json"
+
+
+def adapters_root() -> Path:
+    return Path(__file__).resolve().parent / "adapters"
+
+
+def shipped_adapters() -> dict[str, Path]:
+    """Name -> directory of every trained adapter shipped in the package."""
+    root = adapters_root()
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if (p / MANIFEST).is_file() and is_training_run(p)}
+
+
+def shipped_adapter(name: str) -> Path:
+    """The directory of a shipped adapter, after checking adapter.gguf against the manifest's sha256."""
+    path = shipped_adapters()[name]
+    manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    adapter = path / EXPORTED_ADAPTER
+    if not adapter.is_file() or file_sha256(adapter) != manifest["adapter_sha256"]:
+        raise ModelFileError(
+            f"{adapter}: missing or not the file its manifest names (sha256 {manifest['adapter_sha256'][:12]}); "
+            "reinstall promptmii"
+        )
+    return path
+
+
+def default_generator() -> str | None:
+    """The shipped adapter `induce` and `eval --methods promptmii` use when no --generator is given."""
+    names = list(shipped_adapters())
+    return f"llamacpp:{names[0]}" if names else None

@@ -20,7 +20,7 @@ from promptmii.backends import Chat
 from promptmii.data import Example
 from promptmii.errors import PromptMIIError
 
-TEMPLATES = ("structured", "terse")
+TEMPLATES = ("criteria", "structured", "terse")
 # The paper found the structured meta-prompt better for Qwen-7B and the terse one for Llama. With our
 # bundled 1.5B as generator and follower, terse won on the validation split (mean macro-F1 0.567 vs
 # 0.490, bench/results/template_selection.json), so it is the default.

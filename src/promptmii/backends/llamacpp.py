@@ -91,6 +91,8 @@ class LlamaCppBackend:
     @classmethod
     def from_spec(cls, target: str) -> LlamaCppBackend:
         """`target` is a bundled model name, a path to a .gguf file, or an exported training run."""
+        if target in models.shipped_adapters():
+            return cls.from_training_run(models.shipped_adapter(target))
         path = Path(target).expanduser()
         if models.is_training_run(path):
             return cls.from_training_run(path)

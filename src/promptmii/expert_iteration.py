@@ -1,0 +1,501 @@
+"""Meta-train the generator by expert iteration: sample instructions, keep the follower-confirmed best, fine-tune.
+
+Why not GRPO on 2 CPU cores: a GRPO step of 2 meta-prompts x 5 rollouts took ~1,000 s, and the reward
+of one instruction on m=20 examples carries ~0.10 F1 of noise from the examples alone, so ten such steps
+learned only to shorten the instruction (docs/training.md, "The GRPO run"). Expert iteration (reward-
+filtered fine-tuning: Anthony et al. 2017; ReST, Gulcehre et al. 2023; RAFT, Dong et al. 2023) spends
+the same follower budget on fewer, better-measured decisions:
+
+1. **Sample** (`collect`): for every train-split task, the generator writes instructions from n shown
+   examples with several meta-prompt templates (CANDIDATE_PLAN), greedy and sampled.
+2. **Score** each candidate and the Naive instruction with the frozen follower on pool A (m_select
+   examples of the task's test side), then **confirm** the best CONFIRMED on pool B (m_confirm other
+   examples). A winner must beat Naive on pool B: selecting on A and confirming on B keeps the
+   winner's curse of a noisy maximum out of the training data.
+3. **Fine-tune** (`fine_tune`, TRL's SFTTrainer, LoRA): the meta-prompt of the adapter's template with the
+   task's shots -> the winner. Winners written from other templates teach the adapter's template to
+   answer like them (context distillation).
+
+Task hygiene is counted, never silent: a task whose labels the follower cannot emit, or where every
+instruction scores the same, or where nothing beats Naive, gives no training row and its reason goes
+to the run's collect.jsonl and the summary.
+
+Everything is resumable: collect.jsonl gets one line per finished task (flushed), a failed generator
+or follower call leaves its task unwritten so the next run retries it, and the LLM calls are cached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from promptmii import models, prompts
+from promptmii.backends import Backend, get_backend
+from promptmii.cache import CachedBackend
+from promptmii.data import Example, Task, draw, load_tasks
+from promptmii.errors import DataError, PromptMIIError
+from promptmii.evaluate import run_follower
+from promptmii.experiment import DEFAULT_BACKEND
+from promptmii.induce import InduceConfig, induce
+
+log = logging.getLogger(__name__)
+
+# The candidates written for every task: (template, sample index); sample 0 is greedy, others sampled.
+# Greedy criteria is what the untrained generator writes with the adapter's template; greedy terse is
+# the Zero arm of the earlier benchmarks; the sampled ones widen the search around them. The structured
+# template is left out: the 1.5B's guidelines from it ran past 256 tokens and were cut.
+CANDIDATE_PLAN = (("criteria", 0), ("criteria", 1), ("criteria", 2), ("terse", 0), ("terse", 1))
+CONFIRMED = 2  # candidates (best on pool A) scored again on pool B
+COLLECT_LOG = "collect.jsonl"
+MOVABLE = ("corpus", "output")  # paths that may differ between machines without changing the run
+
+
+@dataclass(frozen=True)
+class ExpertIterationConfig:
+    """One expert-iteration run. Defaults fit 2 CPU cores (docs/training.md gives the arithmetic)."""
+
+    corpus: str = field(metadata={"help": "corpus directory (tasks.jsonl + instances/); trains on the train split"})
+    output: str = field(metadata={"help": "run directory (collect.jsonl, adapter/, adapter.gguf); commit it"})
+    policy: str = field(default=models.DEFAULT_MODEL, metadata={"help": "bundled generator model to train"})
+    follower: str = field(default=DEFAULT_BACKEND, metadata={"help": "frozen follower backend spec"})
+    template: str = field(default="criteria", metadata={"help": "meta-prompt the adapter answers (Zero uses it too)"})
+    n: int = field(default=20, metadata={"help": "examples shown to the generator (fewer if the prompt is too long)"})
+    m_select: int = field(default=20, metadata={"help": "pool A: follower examples that rank the candidates"})
+    m_confirm: int = field(default=20, metadata={"help": "pool B: other examples that confirm the best against Naive"})
+    temperature: float = field(default=0.8, metadata={"help": "sampling temperature of sampled candidates"})
+    max_instruction_tokens: int = field(default=256, metadata={"help": "a candidate cut at this length is dropped"})
+    max_prompt_tokens: int = field(default=2048, metadata={"help": "shown examples are halved until the prompt fits"})
+    lora_r: int = field(default=8, metadata={"help": "LoRA rank of the fine-tune"})
+    learning_rate: float = field(default=1e-4, metadata={"help": "fine-tuning learning rate (LoRA)"})
+    epochs: int = field(default=2, metadata={"help": "passes over the winners"})
+    seed: int = field(default=0, metadata={"help": "shots, pools, sampling and data order"})
+
+    def __post_init__(self) -> None:
+        prompts.meta_template(self.template)  # raises with "did you mean"
+        for name in ("n", "m_select", "m_confirm", "max_instruction_tokens", "epochs", "lora_r"):
+            if getattr(self, name) < 1:
+                raise PromptMIIError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if not 0 < self.temperature <= 2:
+            raise PromptMIIError(f"temperature must be in (0, 2], got {self.temperature}")
+
+
+# ---------------------------------------------------------------- pure: pools and winners
+
+
+def pools(
+    task: Task, n: int, m_select: int, m_confirm: int, seed: int
+) -> tuple[list[Example], list[Example], list[Example]]:
+    """The shown examples (train side) and the two disjoint scoring pools A and B (test side)."""
+    shots, test = draw(task, min(n, len(task.train)), m_select + m_confirm, seed)
+    if len(test) < m_select + m_confirm:
+        raise DataError(f"{task.id}: {len(test)} test rows, fewer than m_select + m_confirm = {m_select + m_confirm}")
+    return shots, test[:m_select], test[m_select:]
+
+
+def pick_winner(record: dict[str, Any]) -> tuple[int | None, str]:
+    """The candidate to train on, or None with the reason (task hygiene), from one task's collect record.
+
+    A winner is valid (no error, not cut at the length limit), was confirmed on pool B, and beats Naive
+    there; among those, the best mean of pools A and B wins.
+    """
+    candidates = record["candidates"]
+    valid = [i for i, c in enumerate(candidates) if c["usable"]]
+    if not valid:
+        return None, "no usable candidate (every one failed, was empty or was cut at the length limit)"
+    naive = record["naive"]
+    if naive["invalid_a"] >= 0.5 and all(candidates[i]["invalid_a"] >= 0.5 for i in valid):
+        return None, "the follower cannot emit the labels (half or more of its replies are invalid whatever the prompt)"
+    scores_a = [candidates[i]["f1_a"] for i in valid] + [naive["f1_a"]]
+    if max(scores_a) - min(scores_a) < 1e-9:
+        return None, "every instruction scores the same on pool A"
+    beating = [i for i in valid if candidates[i].get("f1_b") is not None and candidates[i]["f1_b"] > naive["f1_b"]]
+    if not beating:
+        return None, "no confirmed instruction beats Naive on pool B"
+    best = max(beating, key=lambda i: (candidates[i]["f1_a"] + candidates[i]["f1_b"], -i))
+    return best, "won"
+
+
+def template_means(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Mean pool-A macro-F1 and length per (template, greedy|sampled), over the tasks collected: which writes best."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in records:
+        groups.setdefault("naive", []).append(record["naive"])
+        for c in record["candidates"]:
+            if c["usable"]:
+                groups.setdefault(f"{c['template']}:{'greedy' if c['sample'] == 0 else 'sampled'}", []).append(c)
+    return {
+        name: {
+            "f1_a": round(statistics.fmean(r["f1_a"] for r in rows), 4),
+            "tokens": round(statistics.fmean(r.get("completion_tokens", 0) for r in rows)),
+            "count": len(rows),
+        }
+        for name, rows in sorted(groups.items())
+    }
+
+
+def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """What collection found: winners per template, why the other tasks give no training row, template means."""
+    reasons: dict[str, int] = {}
+    winners: dict[str, int] = {}
+    for record in records:
+        reasons[record["reason"]] = reasons.get(record["reason"], 0) + 1
+        if record["winner"] is not None:
+            winner = record["candidates"][record["winner"]]
+            key = f"{winner['template']}:{'greedy' if winner['sample'] == 0 else 'sampled'}"
+            winners[key] = winners.get(key, 0) + 1
+    return {
+        "tasks": len(records),
+        "winners": sum(winners.values()),
+        "winners_by_candidate": dict(sorted(winners.items())),
+        "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        "pool_a_means": template_means(records),
+    }
+
+
+# ---------------------------------------------------------------- stage 1: sample, score, confirm
+
+
+def collect(config: ExpertIterationConfig, *, task_ids: list[str] | None = None, quiet: bool = False) -> list[dict]:
+    """Write one collect.jsonl line per train task (skipping tasks already there); returns all records."""
+    out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_config(out, config)
+    tasks = load_tasks(config.corpus, split="train")
+    if task_ids:
+        tasks = [t for t in tasks if t.id in set(task_ids)]
+    if not tasks:
+        raise DataError(f"{config.corpus}: no train-split tasks to collect from")
+    path = out / COLLECT_LOG
+    done = {r["task"]: r for r in read_records(path)}
+    todo = [t for t in tasks if t.id not in done]
+    if todo:
+        cache = models.promptmii_home() / "cache.sqlite"
+        generator = CachedBackend(get_backend(f"llamacpp:{config.policy}"), cache)
+        follower = CachedBackend(get_backend(config.follower), cache)
+        for task in tqdm(todo, desc="collect", unit="task", disable=quiet):
+            record = collect_task(task, config, generator, follower)
+            if record is None:
+                continue  # a failed call: nothing written, so the next run retries this task
+            with path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            done[task.id] = record
+    return [done[t.id] for t in tasks if t.id in done]
+
+
+def collect_task(
+    task: Task, config: ExpertIterationConfig, generator: Backend, follower: Backend
+) -> dict[str, Any] | None:
+    """Candidates for one task, scored on pool A, the best confirmed on pool B; None if a call failed."""
+    started = time.time()
+    shots, pool_a, pool_b = pools(task, config.n, config.m_select, config.m_confirm, config.seed)
+    shots = fit_shots(shots, task.labels, generator, config)
+    naive_a = run_follower(follower, prompts.NAIVE_INSTRUCTION, task.labels, pool_a)
+    if any(naive_a.errors):
+        log.warning("%s: follower failed on the Naive prefix (%s); retried next run", task.id, _first(naive_a.errors))
+        return None
+    candidates = []
+    for template, sample in CANDIDATE_PLAN:
+        induce_config = InduceConfig(
+            template=template,
+            max_tokens=config.max_instruction_tokens,
+            temperature=0.0 if sample == 0 else config.temperature,
+            seed=config.seed * 1000 + sample,
+        )
+        instruction = induce(shots, task.labels, generator, induce_config)
+        if instruction.error:
+            log.warning("%s: generator failed (%s); retried next run", task.id, instruction.error)
+            return None
+        truncated = instruction.completion_tokens >= config.max_instruction_tokens
+        candidate = {
+            "template": template,
+            "sample": sample,
+            "instruction": instruction.text,
+            "completion_tokens": instruction.completion_tokens,
+            "truncated": truncated,
+            "usable": bool(instruction.text.strip()) and not truncated,
+        }
+        if candidate["usable"]:
+            run = run_follower(follower, instruction.text, task.labels, pool_a)
+            if any(run.errors):
+                log.warning("%s: follower failed (%s); retried next run", task.id, _first(run.errors))
+                return None
+            candidate |= {"f1_a": round(run.scores.macro_f1, 4), "invalid_a": round(run.scores.invalid_rate, 4)}
+        candidates.append(candidate)
+    usable = [i for i, c in enumerate(candidates) if c["usable"]]
+    naive_b = run_follower(follower, prompts.NAIVE_INSTRUCTION, task.labels, pool_b)
+    if any(naive_b.errors):
+        return None
+    for i in sorted(usable, key=lambda i: (-candidates[i]["f1_a"], i))[:CONFIRMED]:
+        run = run_follower(follower, candidates[i]["instruction"], task.labels, pool_b)
+        if any(run.errors):
+            return None
+        candidates[i] |= {"f1_b": round(run.scores.macro_f1, 4), "invalid_b": round(run.scores.invalid_rate, 4)}
+    record = {
+        "task": task.id,
+        "labels": list(task.labels),
+        "n_shown": len(shots),
+        "naive": {
+            "f1_a": round(naive_a.scores.macro_f1, 4),
+            "invalid_a": round(naive_a.scores.invalid_rate, 4),
+            "f1_b": round(naive_b.scores.macro_f1, 4),
+        },
+        "candidates": candidates,
+        "seconds": round(time.time() - started, 1),
+    }
+    winner, reason = pick_winner(record)
+    return record | {"winner": winner, "reason": reason}
+
+
+def fit_shots(
+    shots: list[Example], labels: tuple[str, ...], generator: Backend, config: ExpertIterationConfig
+) -> list[Example]:
+    """Halve the shown examples until the longest meta-prompt of the plan fits max_prompt_tokens."""
+    templates = {t for t, _ in CANDIDATE_PLAN} | {config.template}
+    while True:
+        longest = max(
+            generator.count_tokens(prompts.meta_prompt(prompts.meta_template(t), shots, labels)) for t in templates
+        )
+        if longest <= config.max_prompt_tokens or len(shots) == 1:
+            return shots
+        shots = shots[: len(shots) // 2]
+
+
+# ---------------------------------------------------------------- files
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """collect.jsonl rows; a half-written last line (a kill mid-write) is dropped so its task is redone."""
+    if not path.is_file():
+        return []
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            log.warning("%s:%d is not a complete JSON line (a killed write); that task is redone", path, number)
+    return records
+
+
+def _write_config(out: Path, config: ExpertIterationConfig) -> None:
+    """The run's config; a different stored config means a different run (change --output)."""
+    path = out / models.RUN_CONFIG
+    current = asdict(config) | {"recipe": "expert-iteration"}
+    if path.is_file():
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        changed = [
+            f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in current.items() if k != "output" and stored.get(k) != v
+        ]
+        if changed:
+            raise PromptMIIError(f"{out} holds a run with another config ({'; '.join(changed)}); use a new --output")
+        return
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(current, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _first(errors: list[str | None]) -> str:
+    return next((e for e in errors if e), "")
+
+
+# ---------------------------------------------------------------- stage 2: fine-tune on the winners
+
+
+def sft_rows(records: list[dict[str, Any]], config: ExpertIterationConfig) -> list[dict[str, Any]]:
+    """One conversational prompt-completion row per winner: the adapter's meta-prompt -> the winning instruction.
+
+    The prompt is rebuilt from the task's shots with `config.template`, whatever template wrote the winner,
+    so the adapter learns to answer its own meta-prompt the way the best instruction did.
+    """
+    tasks = {t.id: t for t in load_tasks(config.corpus, split="train")}
+    template = prompts.meta_template(config.template)
+    rows = []
+    for record in records:
+        if record.get("winner") is None:
+            continue
+        task = tasks[record["task"]]
+        shots, _, _ = pools(task, config.n, config.m_select, config.m_confirm, config.seed)
+        shots = shots[: record["n_shown"]]
+        winner = record["candidates"][record["winner"]]["instruction"]
+        rows.append(
+            {
+                "prompt": prompts.meta_prompt(template, shots, task.labels),
+                "completion": [{"role": "assistant", "content": winner}],
+                "task": task.id,
+            }
+        )
+    return rows
+
+
+def fine_tune(config: ExpertIterationConfig, records: list[dict[str, Any]], *, resume: bool = True) -> Path:
+    """LoRA-fine-tune the policy on the winners with TRL's SFTTrainer; returns the adapter directory.
+
+    Checkpoints every epoch's steps under the run directory; a killed fine-tune resumes from the last one.
+    The loss covers the completion only (TRL's default for prompt-completion data).
+    """
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_utils import get_last_checkpoint
+    from trl import SFTConfig, SFTTrainer
+
+    out = Path(config.output)
+    rows = sft_rows(records, config)
+    if not rows:
+        raise DataError(f"{out}: no winners to fine-tune on (see the reasons in {COLLECT_LOG})")
+    policy_dir = models.policy_path(config.policy)
+    tokenizer = AutoTokenizer.from_pretrained(policy_dir)
+    model = AutoModelForCausalLM.from_pretrained(policy_dir, dtype=torch.float32, attn_implementation="eager")
+    args = SFTConfig(
+        output_dir=str(out / "checkpoints"),
+        num_train_epochs=config.epochs,
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=4,
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=2,
+        weight_decay=0.0,
+        max_grad_norm=1.0,
+        max_length=config.max_prompt_tokens + config.max_instruction_tokens,
+        gradient_checkpointing=True,
+        bf16=False,
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=5,
+        save_total_limit=1,
+        report_to="none",
+        seed=config.seed,
+        data_seed=config.seed,
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in rows]),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(
+            r=config.lora_r,
+            lora_alpha=2 * config.lora_r,
+            lora_dropout=0.0,
+            target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            task_type="CAUSAL_LM",
+        ),
+    )
+    last = get_last_checkpoint(str(out / "checkpoints")) if resume and (out / "checkpoints").is_dir() else None
+    trainer.train(resume_from_checkpoint=last)
+    adapter_dir = out / models.ADAPTER_DIR
+    trainer.save_model(str(adapter_dir))
+    tokenizer.save_pretrained(str(adapter_dir))
+    history = [r for r in trainer.state.log_history if "loss" in r]
+    (out / "fine_tune_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
+    return adapter_dir
+
+
+# ---------------------------------------------------------------- stage 3: the validation gate
+
+GATE_METHODS = ("naive", "promptmii-zero", "promptmii")
+GATE_INSTRUCTION_TOKENS = 512  # the same limit for the Zero and trained arms, well above either's instructions
+SELECTION = "selection.json"
+
+
+def gate_config(config: ExpertIterationConfig, m: int = 100) -> Any:
+    """The EvalConfig of the validation gate: Naive, Zero (base + the adapter's template) and trained, n=20."""
+    from promptmii.experiment import EvalConfig
+
+    return EvalConfig(
+        methods=GATE_METHODS,
+        n=config.n,
+        m=m,
+        follower=config.follower,
+        base_generator=f"llamacpp:{config.policy}",
+        generator=f"llamacpp:{Path(config.output).resolve()}",
+        template=config.template,
+        max_instruction_tokens=GATE_INSTRUCTION_TOKENS,
+        seed=config.seed,
+    )
+
+
+def selection_table(rows: list[Any]) -> dict[str, Any]:
+    """Per-task and mean macro-F1 of the gate's arms, and the verdict: promote only if trained beats Naive and Zero."""
+    per_task: dict[str, dict[str, float]] = {}
+    for row in rows:
+        per_task.setdefault(row.task, {})[row.method] = round(row.macro_f1, 4)
+    complete = {task: arms for task, arms in per_task.items() if set(GATE_METHODS) <= set(arms)}
+    means = {
+        arm: round(statistics.fmean(arms[arm] for arms in complete.values()), 4) if complete else None
+        for arm in GATE_METHODS
+    }
+    promoted = bool(complete) and means["promptmii"] > max(means["naive"], means["promptmii-zero"])
+    return {"tasks": len(complete), "mean_macro_f1": means, "per_task": complete, "promoted": promoted}
+
+
+def validate(config: ExpertIterationConfig, *, m: int = 100, quiet: bool = False) -> dict[str, Any]:
+    """Export the adapter, run the gate on the validation split, write selection.json; returns the table."""
+    from promptmii.experiment import results_dir, run_eval
+    from promptmii.export import export_adapter
+    from promptmii.results import read_results
+
+    out = Path(config.output)
+    if not (out / models.EXPORTED_ADAPTER).is_file():
+        export_adapter(out)
+    tasks = load_tasks(config.corpus, split="validation")
+    results = results_dir(out / "validation")
+    run_eval(tasks, gate_config(config, m), results, quiet=quiet)
+    table = selection_table(read_results(results.results_path))
+    table["adapter_sha256"] = models.file_sha256(out / models.EXPORTED_ADAPTER)
+    tmp = out / (SELECTION + ".tmp")
+    tmp.write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, out / SELECTION)
+    return table
+
+
+# ---------------------------------------------------------------- stage 4: ship a promoted adapter
+
+
+def ship(config: ExpertIterationConfig, name: str, *, commit: str | None = None) -> Path:
+    """Copy a promoted run's adapter into the package (promptmii/adapters/NAME/) with its manifest.
+
+    Refuses an adapter the gate did not promote, or one that changed since the gate measured it.
+    """
+    import shutil
+
+    out = Path(config.output)
+    selection_path = out / SELECTION
+    if not selection_path.is_file():
+        raise PromptMIIError(f"{out}: no {SELECTION}; run the validate stage first")
+    selection = json.loads(selection_path.read_text(encoding="utf-8"))
+    if not selection["promoted"]:
+        means = selection["mean_macro_f1"]
+        raise PromptMIIError(f"{out}: not promoted (validation macro-F1 {means}); the adapter must beat Naive and Zero")
+    adapter = out / models.EXPORTED_ADAPTER
+    sha256 = models.file_sha256(adapter)
+    if sha256 != selection["adapter_sha256"]:
+        raise PromptMIIError(f"{adapter}: changed since validation (sha256 {sha256[:12]}); validate it again")
+    target = models.adapters_root() / name
+    target.mkdir(parents=True, exist_ok=True)
+    shutil.copy(adapter, target / models.EXPORTED_ADAPTER)
+    shutil.copy(out / models.RUN_CONFIG, target / models.RUN_CONFIG)
+    manifest = {
+        "name": name,
+        "base": config.policy,
+        "template": config.template,
+        "follower": config.follower,
+        "adapter_sha256": sha256,
+        "validation": {k: selection[k] for k in ("tasks", "mean_macro_f1")},
+        "training_run": str(out),
+        "commit": commit,
+        "note": f"expert iteration, meta-prompt template '{config.template}'",
+    }
+    (target / models.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return target

@@ -1,0 +1,252 @@
+"""Expert iteration: winner selection (task hygiene), collection with a scripted backend, resume, SFT rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fakes import FakeBackend, keyword_rule, user_text
+from promptmii import expert_iteration as ei
+from promptmii import models, prompts
+from promptmii.data import Example, Task
+from promptmii.errors import DataError, ModelFileError, PromptMIIError
+
+
+def record(naive: tuple[float, float, float], candidates: list[dict]) -> dict:
+    f1_a, invalid_a, f1_b = naive
+    return {"naive": {"f1_a": f1_a, "invalid_a": invalid_a, "f1_b": f1_b}, "candidates": candidates}
+
+
+def cand(f1_a: float, f1_b: float | None = None, *, invalid_a: float = 0.0, usable: bool = True) -> dict:
+    c = {"template": "criteria", "sample": 1, "usable": usable, "completion_tokens": 10}
+    if usable:
+        c |= {"f1_a": f1_a, "invalid_a": invalid_a}
+    if f1_b is not None:
+        c["f1_b"] = f1_b
+    return c
+
+
+def test_winner_is_best_confirmed_candidate_that_beats_naive_on_pool_b():
+    r = record((0.40, 0.0, 0.50), [cand(0.70, 0.45), cand(0.60, 0.65), cand(0.55)])
+    # the first is best on A but loses to Naive on B: the confirmation pool overrules it
+    assert ei.pick_winner(r) == (1, "won")
+
+
+def test_winner_ties_go_to_the_earlier_candidate():
+    r = record((0.40, 0.0, 0.50), [cand(0.60, 0.70), cand(0.70, 0.60)])
+    assert ei.pick_winner(r) == (0, "won")
+
+
+@pytest.mark.parametrize(
+    ("r", "reason"),
+    [
+        (record((0.4, 0.0, 0.5), [cand(0, usable=False)]), "no usable candidate"),
+        (record((0.1, 0.9, 0.1), [cand(0.2, 0.3, invalid_a=0.8)]), "cannot emit the labels"),
+        (record((0.3, 0.0, 0.3), [cand(0.3, 0.3), cand(0.3, 0.3)]), "every instruction scores the same"),
+        (record((0.3, 0.0, 0.6), [cand(0.5, 0.6), cand(0.4, 0.2)]), "no confirmed instruction beats Naive"),
+    ],
+)
+def test_tasks_without_a_winner_say_why(r: dict, reason: str):
+    winner, why = ei.pick_winner(r)
+    assert winner is None
+    assert reason in why
+
+
+def test_template_means_average_usable_candidates_per_template_and_mode():
+    records = [
+        {
+            "naive": {"f1_a": 0.2},
+            "candidates": [
+                {"template": "criteria", "sample": 0, "usable": True, "f1_a": 0.6, "completion_tokens": 40},
+                {"template": "criteria", "sample": 1, "usable": True, "f1_a": 0.4, "completion_tokens": 60},
+                {"template": "criteria", "sample": 2, "usable": True, "f1_a": 0.2, "completion_tokens": 80},
+                {"template": "terse", "sample": 0, "usable": False, "completion_tokens": 256},
+            ],
+        }
+    ]
+    means = ei.template_means(records)
+    assert means["criteria:greedy"] == {"f1_a": 0.6, "tokens": 40, "count": 1}
+    assert means["criteria:sampled"] == {"f1_a": 0.3, "tokens": 70, "count": 2}
+    assert means["naive"]["f1_a"] == 0.2
+    assert "terse:greedy" not in means
+
+
+def small_task(task_id: str = "sent", rows: int = 60) -> Task:
+    words = ["great", "awful"]
+    labels = {"great": "positive", "awful": "negative"}
+    examples = [Example(f"text {i} was {words[i % 2]}", labels[words[i % 2]]) for i in range(rows)]
+    return Task(task_id, ("negative", "positive"), tuple(examples[: rows // 2]), tuple(examples[rows // 2 :]))
+
+
+def config(tmp_path: Path, **kw) -> ei.ExpertIterationConfig:
+    defaults = {"corpus": "unused", "output": str(tmp_path / "run"), "n": 4, "m_select": 6, "m_confirm": 6}
+    return ei.ExpertIterationConfig(**(defaults | kw))
+
+
+def test_collect_task_keeps_the_instruction_the_follower_follows(tmp_path: Path):
+    # The follower labels by keyword only when the instruction mentions "sentiment words";
+    # otherwise it answers "negative" to everything (so Naive scores a one-class F1).
+    follower = FakeBackend(
+        "follower", rule=keyword_rule({"great": "positive", "awful": "negative"}, "negative", needs="sentiment words")
+    )
+    generator = FakeBackend("generator")
+    plan_size = len(ei.CANDIDATE_PLAN)
+    replies = ["Label by the sentiment words." if i == 2 else f"Vague instruction {i}." for i in range(plan_size)]
+    generator.enqueue(*replies)
+    rec = ei.collect_task(small_task(), config(tmp_path), generator, follower)
+    assert rec is not None
+    assert rec["winner"] == 2 and rec["reason"] == "won"
+    assert rec["candidates"][2]["f1_a"] == 1.0 and rec["candidates"][2]["f1_b"] == 1.0
+    assert rec["naive"]["f1_a"] < 0.5
+    # greedy for sample 0, sampled (T = config.temperature) for the others
+    temperatures = [params.temperature for _, params in generator.calls]
+    assert [t == 0.0 for t in temperatures] == [s == 0 for _, s in ei.CANDIDATE_PLAN]
+
+
+def test_collect_task_returns_none_when_a_call_fails(tmp_path: Path):
+    follower = FakeBackend("follower", rule=lambda chat: "positive")
+    generator = FakeBackend("generator", fail_when=lambda chat: True)
+    assert ei.collect_task(small_task(), config(tmp_path), generator, follower) is None
+
+
+def test_a_candidate_cut_at_the_length_limit_is_not_usable(tmp_path: Path):
+    follower = FakeBackend("follower", rule=lambda chat: "positive")
+    generator = FakeBackend("generator", rule=lambda chat: "word " * 50)  # 50 completion tokens
+    rec = ei.collect_task(small_task(), config(tmp_path, max_instruction_tokens=50), generator, follower)
+    assert rec is not None
+    assert all(c["truncated"] and not c["usable"] for c in rec["candidates"])
+    assert rec["winner"] is None and "no usable candidate" in rec["reason"]
+
+
+def test_shots_are_halved_until_the_meta_prompt_fits(tmp_path: Path):
+    generator = FakeBackend("generator")
+    labels = ("negative", "positive")
+    shots = list(small_task().train[:8])
+
+    def longest(k: int) -> int:  # the longest meta-prompt of the plan with the first k shots
+        templates = {t for t, _ in ei.CANDIDATE_PLAN} | {"criteria"}
+        return max(
+            generator.count_tokens(prompts.meta_prompt(prompts.meta_template(t), shots[:k], labels)) for t in templates
+        )
+
+    for limit, kept in ((longest(8), 8), (longest(8) - 1, 4), (longest(2), 2), (1, 1)):
+        fitted = ei.fit_shots(shots, labels, generator, config(tmp_path, n=8, max_prompt_tokens=limit))
+        assert fitted == shots[:kept]
+
+
+def test_read_records_drops_a_half_written_last_line(tmp_path: Path):
+    path = tmp_path / "collect.jsonl"
+    path.write_text(json.dumps({"task": "a"}) + "\n" + '{"task": "b", "cand', encoding="utf-8")
+    assert [r["task"] for r in ei.read_records(path)] == ["a"]
+
+
+def test_pools_are_disjoint_and_need_enough_test_rows(tmp_path: Path):
+    shots, a, b = ei.pools(small_task(), 4, 6, 6, seed=0)
+    assert len(shots) == 4 and len(a) == 6 and len(b) == 6
+    assert not {e.text for e in a} & {e.text for e in b}
+    with pytest.raises(DataError, match="fewer than m_select"):
+        ei.pools(small_task(rows=20), 4, 6, 6, seed=0)
+
+
+def test_config_rejects_bad_values(tmp_path: Path):
+    with pytest.raises(PromptMIIError, match="unknown meta-prompt template"):
+        config(tmp_path, template="critera")
+    with pytest.raises(PromptMIIError, match="m_select must be at least 1"):
+        config(tmp_path, m_select=0)
+
+
+def test_a_stored_config_that_differs_is_refused(tmp_path: Path):
+    out = tmp_path / "run"
+    out.mkdir()
+    ei._write_config(out, config(tmp_path))
+    ei._write_config(out, config(tmp_path))  # the same config: fine
+    with pytest.raises(PromptMIIError, match="another config"):
+        ei._write_config(out, config(tmp_path, n=5))
+
+
+def test_sft_rows_use_the_adapter_template_whatever_template_won(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    task = small_task()
+    monkeypatch.setattr(ei, "load_tasks", lambda corpus, split: [task])
+    cfg = config(tmp_path)
+    shots, _, _ = ei.pools(task, cfg.n, cfg.m_select, cfg.m_confirm, cfg.seed)
+    winner = {"template": "structured", "sample": 1, "usable": True, "instruction": "Judge the sentiment words."}
+    records = [
+        {"task": "sent", "n_shown": 4, "winner": 0, "candidates": [winner]},
+        {"task": "sent", "n_shown": 4, "winner": None, "candidates": []},
+    ]
+    rows = ei.sft_rows(records, cfg)
+    assert len(rows) == 1
+    prompt = user_text(rows[0]["prompt"])
+    assert prompt.startswith("You are writing the instruction for a language model that labels texts.")  # criteria
+    assert all(e.text in prompt for e in shots)
+    assert rows[0]["completion"] == [{"role": "assistant", "content": "Judge the sentiment words."}]
+
+
+def test_summarize_counts_winners_and_reasons():
+    records = [
+        {"winner": 0, "reason": "won", "naive": {"f1_a": 0.1}, "candidates": [cand(0.5, 0.5) | {"sample": 0}]},
+        {
+            "winner": None,
+            "reason": "every instruction scores the same on pool A",
+            "naive": {"f1_a": 0.3},
+            "candidates": [],
+        },
+    ]
+    summary = ei.summarize(records)
+    assert summary["tasks"] == 2 and summary["winners"] == 1
+    assert summary["winners_by_candidate"] == {"criteria:greedy": 1}
+    assert summary["reasons"] == {"won": 1, "every instruction scores the same on pool A": 1}
+
+
+class Row:
+    def __init__(self, task: str, method: str, f1: float):
+        self.task, self.method, self.macro_f1 = task, method, f1
+
+
+def test_selection_promotes_only_an_adapter_that_beats_naive_and_zero():
+    rows = [Row("a", "naive", 0.5), Row("a", "promptmii-zero", 0.4), Row("a", "promptmii", 0.6), Row("b", "naive", 0.9)]
+    table = ei.selection_table(rows)
+    assert table["tasks"] == 1  # task b lacks arms: left out of the means
+    assert table["mean_macro_f1"] == {"naive": 0.5, "promptmii-zero": 0.4, "promptmii": 0.6}
+    assert table["promoted"]
+    assert not ei.selection_table(
+        [*rows, Row("c", "naive", 0.9), Row("c", "promptmii-zero", 0.1), Row("c", "promptmii", 0.1)]
+    )["promoted"]
+
+
+def promoted_run(tmp_path: Path, *, promoted: bool = True) -> ei.ExpertIterationConfig:
+    cfg = config(tmp_path)
+    out = Path(cfg.output)
+    out.mkdir(parents=True)
+    ei._write_config(out, cfg)
+    (out / models.EXPORTED_ADAPTER).write_bytes(b"GGUF" + bytes(range(200)))
+    sha = models.file_sha256(out / models.EXPORTED_ADAPTER)
+    selection = {"tasks": 8, "mean_macro_f1": {"naive": 0.5}, "promoted": promoted, "adapter_sha256": sha}
+    (out / ei.SELECTION).write_text(json.dumps(selection), encoding="utf-8")
+    return cfg
+
+
+def test_ship_copies_a_promoted_adapter_with_a_manifest_the_loader_checks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    monkeypatch.setattr(models, "adapters_root", lambda: tmp_path / "adapters")
+    cfg = promoted_run(tmp_path)
+    target = ei.ship(cfg, "tiny-ei", commit="abc")
+    assert models.shipped_adapters() == {"tiny-ei": target}
+    assert models.shipped_adapter("tiny-ei") == target
+    assert models.default_generator() == "llamacpp:tiny-ei"
+    manifest = json.loads((target / models.MANIFEST).read_text())
+    assert manifest["adapter_sha256"] == models.file_sha256(target / models.EXPORTED_ADAPTER)
+    assert manifest["template"] == "criteria" and manifest["commit"] == "abc"
+    (target / models.EXPORTED_ADAPTER).write_bytes(b"GGUF tampered")
+    with pytest.raises(ModelFileError, match="not the file its manifest names"):
+        models.shipped_adapter("tiny-ei")
+
+
+def test_ship_refuses_an_adapter_the_gate_did_not_promote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(models, "adapters_root", lambda: tmp_path / "adapters")
+    with pytest.raises(PromptMIIError, match="not promoted"):
+        ei.ship(promoted_run(tmp_path, promoted=False), "tiny-ei")
+    assert models.shipped_adapters() == {}
