@@ -44,7 +44,9 @@ def main() -> None:
     tasks = load_tasks(args.corpus, split="test")
     out = ResultsDir(Path(args.runs))
     configs = {
-        mode: EvalConfig(methods=METHODS, n=20, m=100, follower=FOLLOWER, base_generator=GENERATOR, decoding=mode)
+        mode: EvalConfig(
+            methods=METHODS, n=20, m=100, follower=FOLLOWER, base_generator=GENERATOR, decoding=mode, template="terse"
+        )
         for mode in DECODING
     }
     if not args.summarize_only:

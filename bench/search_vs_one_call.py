@@ -103,7 +103,7 @@ def plan_config(n: int, method: str) -> EvalConfig:
     """The 1.5B as follower and generator; the trained arm as bench/trained_vs_zero.py runs it."""
     if method == "promptmii":
         return trained_config(RUN, (method,), n)
-    return EvalConfig(methods=(method,), n=n, m=100, follower=MODEL, base_generator=MODEL, seed=0)
+    return EvalConfig(methods=(method,), n=n, m=100, follower=MODEL, base_generator=MODEL, template="terse", seed=0)
 
 
 def _rows(path: Path) -> list[Result]:
@@ -113,7 +113,9 @@ def _rows(path: Path) -> list[Result]:
     return [
         r
         for r in rows
-        if r.m == 100 and r.seed == 0 and (r.method not in templated or r.config.get("template") == "terse")
+        if r.m == 100
+        and r.seed == 0
+        and (r.method not in templated or (r.template or r.config.get("template")) == "terse")
     ]
 
 

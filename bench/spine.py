@@ -48,7 +48,10 @@ def main() -> None:
     parser.add_argument("--summarize-only", action="store_true")
     args = parser.parse_args()
 
-    config = EvalConfig(methods=METHODS, n=20, m=100, follower=args.model, base_generator=args.model, seed=0)
+    # the measured pipeline's template, pinned: auto-selection would switch to a tuned one once shipped
+    config = EvalConfig(
+        methods=METHODS, n=20, m=100, follower=args.model, base_generator=args.model, template="terse", seed=0
+    )
     tasks = load_tasks(args.corpus, split="test")
     out = ResultsDir(Path(args.runs))
     if not args.summarize_only:

@@ -20,7 +20,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from promptmii import models
 from promptmii.data import load_tasks
 from promptmii.experiment import EvalConfig, run_eval
-from promptmii.prompts import TEMPLATES
+from promptmii.prompts import template_names
 from promptmii.results import ResultsDir, read_results
 
 ROOT = Path(__file__).resolve().parent
@@ -38,7 +38,7 @@ def main() -> None:
     tasks = load_tasks(args.corpus, split="validation")
     base = EvalConfig(methods=("naive",), n=20, m=args.m, follower=MODEL, base_generator=MODEL, seed=0)
     summary: dict = {"split": "validation", "tasks": [t.id for t in tasks], "n": base.n, "m": base.m, "model": MODEL}
-    for template in ("naive", *TEMPLATES):
+    for template in ("naive", *template_names()):
         config = base if template == "naive" else replace(base, methods=("promptmii-zero",), template=template)
         out = ResultsDir(Path(args.runs) / template)
         run_eval(tasks, config, out)
@@ -49,9 +49,9 @@ def main() -> None:
             "mean_prompt_tokens_per_query": sum(r.prompt_tokens_per_query for r in rows) / len(rows),
             "per_task": {r.task: round(r.macro_f1, 4) for r in rows},
         }
-    summary["chosen"] = max(TEMPLATES, key=lambda t: summary[t]["mean_macro_f1"])
+    summary["chosen"] = max(template_names(), key=lambda t: summary[t]["mean_macro_f1"])
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps({k: summary[k]["mean_macro_f1"] for k in ("naive", *TEMPLATES)}, indent=2))
+    print(json.dumps({k: summary[k]["mean_macro_f1"] for k in ("naive", *template_names())}, indent=2))
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def main() -> None:
 def trained_config(run: Path, methods: tuple[str, ...], n: int = 20) -> EvalConfig:
     """The trained generator as this benchmark runs it: its base model + the run's adapter, 256-token limit."""
     return EvalConfig(methods=methods, n=n, m=100, follower=FOLLOWER, base_generator=POLICY,
-                      generator=f"llamacpp:{run}", max_instruction_tokens=256, seed=0)  # fmt: skip
+                      generator=f"llamacpp:{run}", max_instruction_tokens=256, template="terse", seed=0)  # fmt: skip
 
 
 def summarize(task_ids: list[str], rows: list, run: Path) -> dict:

@@ -45,6 +45,7 @@ def main() -> None:
     out = ResultsDir(Path(args.runs))
     common = {"n": 20, "m": 100, "base_generator": OTHER, "generator": f"llamacpp:{args.run}", "seed": 0}
     common["max_instruction_tokens"] = 256  # the training limit, as in bench/trained_vs_zero.py
+    common["template"] = "terse"  # the template these rows were measured with; auto-selection could pick a tuned one
     matched = EvalConfig(methods=("promptmii",), follower=TRAINED_FOR, **common)
     transfer = EvalConfig(
         methods=("promptmii", "promptmii-zero"), follower=OTHER, decoding="score-calibrated", **common

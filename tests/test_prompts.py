@@ -30,7 +30,7 @@ def test_empty_prefix_leaves_no_blank_lines_on_top() -> None:
 def test_icl_uses_the_same_example_format_as_the_meta_prompt() -> None:
     block = "Input: I love it\nLabel: positive\n\nInput: Awful.\nLabel: negative"
     assert prompts.icl_prefix(SHOTS) == block + "\n\nNow classify the next input."
-    for name in prompts.TEMPLATES:
+    for name in prompts.template_names():
         [message] = prompts.meta_prompt(prompts.meta_template(name), SHOTS, ("negative", "positive"))
         assert block in message["content"]
         assert "negative, positive" in message["content"]

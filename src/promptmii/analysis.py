@@ -136,7 +136,7 @@ def read_bins(path: Path) -> dict[str, str]:
 
 
 def arm_of(row: Result) -> Arm:
-    template = row.config.get("template") if row.method in TEMPLATED_METHODS else None
+    template = (row.template or row.config.get("template")) if row.method in TEMPLATED_METHODS else None
     return Arm(row.follower, row.method, row.n_shots, row.generator, row.decoding, template)
 
 

@@ -22,6 +22,7 @@ from promptmii.data import Example
 from promptmii.errors import PromptMIIError
 from promptmii.evaluate import FOLLOWER_MAX_TOKENS, Spend
 from promptmii.induce import InduceConfig, Instruction, induce
+from promptmii.metaprompts import Template
 from promptmii.search import SEARCH_METHODS, SearchConfig, SearchOutcome, run_search
 
 log = logging.getLogger(__name__)
@@ -79,13 +80,15 @@ def build_prefix(
     longest_input: str,
     generator: Backend | None = None,
     induce_config: InduceConfig | None = None,
+    template: Template | None = None,
     search_config: SearchConfig | None = None,
     search_dir: Path | None = None,
     quiet: bool = True,
 ) -> Prefix:
     """The prefix of `method`, given the run's shots (`shots` holds the first n_shots examples).
 
-    A search needs `search_dir`: its journal and state live there, so it resumes.
+    A search needs `search_dir`: its journal and state live there, so it resumes. `template` is the
+    meta-prompt of promptmii(-zero), already resolved for the generator (else induce resolves it).
     """
     if method.name == "naive":
         return Prefix(prompts.NAIVE_INSTRUCTION, 0)
@@ -107,7 +110,7 @@ def build_prefix(
             quiet=quiet,
         )
         return Prefix(outcome.instruction, len(shots), spend=outcome.spend, search=outcome)
-    instruction = induce(shots, labels, generator, induce_config or InduceConfig())
+    instruction = induce(shots, labels, generator, induce_config or InduceConfig(), template=template)
     warnings = (f"generator call failed: {instruction.error}",) if instruction.error else ()
     if not instruction.text and not instruction.error:
         warnings = ("the generator wrote an empty instruction",)

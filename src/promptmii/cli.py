@@ -1,4 +1,4 @@
-"""The `promptmii` command: induce, eval, models, train, export. The only place logging and output formats live.
+"""The `promptmii` command: induce, eval, models, train, tune, export. The only place logging and output formats live.
 
 Results go to stdout (a table on a terminal, JSON lines otherwise), progress bars and logs to stderr,
 so `promptmii eval ... | jq` works. Every PromptMIIError becomes one `Error:` line and exit 1.
@@ -30,10 +30,11 @@ from promptmii.evaluate import DECODING
 from promptmii.experiment import DEFAULT_BACKEND, Backends, EvalConfig, result_keys, run_eval
 from promptmii.expert_iteration import ExpertIterationConfig
 from promptmii.induce import induce
-from promptmii.prompts import DEFAULT_TEMPLATE, TEMPLATES
+from promptmii.prompts import DEFAULT_TEMPLATE
 from promptmii.results import Result, ResultsDir, mean_by_method, read_results
 from promptmii.search import SearchConfig
 from promptmii.train import TrainConfig
+from promptmii.tune import TuneConfig
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 FORMATS = ("table", "json", "jsonl", "csv")
@@ -78,7 +79,10 @@ def _common_model_options(f: Any) -> Any:
         ),
         click.option("--generator", default=None, help="Trained generator (method promptmii)."),
         click.option(
-            "--template", type=click.Choice(TEMPLATES), default=DEFAULT_TEMPLATE, show_default=True, help="Meta-prompt."
+            "--template",
+            default=None,
+            help="Meta-prompt: a built-in name, tuned/NAME or a template file "
+            f"[auto: the tuned template registered for the generator, else {DEFAULT_TEMPLATE}].",
         ),
         click.option("--max-instruction-tokens", default=1024, show_default=True, help="Generator token limit."),
         click.option(
@@ -339,6 +343,33 @@ def train_ei_cmd(stage: str, quiet: bool, **fields: Any) -> None:
         if stage in ("all", "validate"):
             report["selection"] = ei.validate(config, quiet=quiet)
         click.echo(json.dumps(report, indent=2))
+
+
+@main.command(name="tune", context_settings=CONTEXT)
+@_config_options(TuneConfig)
+@click.option("-o", "--output", required=True, type=click.Path(path_type=Path), help="Run directory (resumed).")
+@click.option("--no-register", is_flag=True, help="Do not copy the winner to $PROMPTMII_HOME/templates.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def tune_cmd(output: Path, no_register: bool, quiet: bool, **fields: Any) -> None:
+    """Tune the meta-prompt for a generator + follower pair: GEPA over the corpus's train tasks.
+
+    A candidate meta-prompt is scored on a task by inducing an instruction (one generator call) and
+    letting the follower label m examples (macro-F1): --budget LLM calls buy budget / (tasks x (1 + m))
+    candidate scorings. The best candidates and the start template are then scored on the validation
+    split; the winner is written to OUTPUT/template.txt with a header naming the models it was tuned
+    for, and registered in $PROMPTMII_HOME/templates, so `induce` and `eval` pick it for this generator.
+    A killed run resumes from OUTPUT. docs/tuning.md has the costs and the recipe for API models.
+
+    Example:
+
+        promptmii tune --corpus ../shared/corpus --budget 3000 --m 20 -o runs/tune-1.5b
+    """
+    from promptmii.tune import tune
+
+    with _errors_as_one_line():
+        fields["corpus"] = str(Path(fields["corpus"]).resolve())
+        summary = tune(TuneConfig(**fields), output, register=not no_register, quiet=quiet)
+        click.echo(json.dumps(summary, indent=2))
 
 
 @main.command(name="report", context_settings=CONTEXT)

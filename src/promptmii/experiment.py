@@ -18,7 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 import promptmii
-from promptmii import models, prompts
+from promptmii import metaprompts, models, prompts
 from promptmii.backends import Backend, get_backend
 from promptmii.baselines import METHOD_HELP, Method, build_prefix, parse_method
 from promptmii.cache import CachedBackend
@@ -49,7 +49,12 @@ class EvalConfig:
     follower: str = field(default=DEFAULT_BACKEND, metadata={"help": "backend spec of the frozen follower"})
     base_generator: str = field(default=DEFAULT_BACKEND, metadata={"help": "untrained generator (promptmii-zero)"})
     generator: str | None = field(default=None, metadata={"help": "trained generator (promptmii)"})
-    template: str = field(default=prompts.DEFAULT_TEMPLATE, metadata={"help": "meta-prompt template"})
+    template: str | None = field(
+        default=None,
+        metadata={
+            "help": f"meta-prompt (name or file); None = the generator's tuned one, else {prompts.DEFAULT_TEMPLATE}"
+        },
+    )
     max_instruction_tokens: int = field(default=1024, metadata={"help": "generator token limit"})
     decoding: str = field(
         default="generate", metadata={"help": "follower decoding: generate | score | score-calibrated | constrained"}
@@ -117,6 +122,10 @@ class Backends:
             self._loaded[spec] = backend
         return self._loaded[spec]
 
+    def template(self, role: str) -> metaprompts.Template:
+        """The meta-prompt of a generator role: --template if given, else the one tuned for that generator."""
+        return metaprompts.resolve(self.config.template, self.get(role).model_id, self.get("follower").model_id)
+
 
 def run_eval(
     tasks: list[Task], config: EvalConfig, out: ResultsDir, *, backends: Backends | None = None, quiet: bool = False
@@ -176,6 +185,7 @@ def _evaluate_task(
             longest_input=longest_input,
             generator=generator,
             induce_config=config.induce_config,
+            template=backends.template(role) if role and method.name not in SEARCH_METHODS else None,
             search_config=config.search_config,
             search_dir=directory / "search" / f"{task.id}.{method.spec}.{fp}",
             quiet=quiet,
@@ -230,6 +240,8 @@ def _evaluate_task(
             candidates=len(search.candidates) if search else 0,
             generator_follower=models.trained_for(config.generator) if role == "generator" else None,
             model_seconds=round(run.seconds + spend.seconds, 3),
+            template=prefix.instruction.template if prefix.instruction else None,
+            template_sha256=prefix.instruction.template_sha256 if prefix.instruction else None,
         )
         samples = [
             Sample(task.id, method.spec, result.fingerprint, i, e.text, e.label, reply, pred, error)
@@ -256,7 +268,12 @@ def _fingerprint(method: Method, config: EvalConfig, backends: Backends) -> str:
     if method.name in SEARCH_METHODS:
         settings["search"] = config.search_config.settings(method.name)
     elif role:
-        settings |= {"template": config.template, "max_tokens": config.max_instruction_tokens}
+        template = backends.template(role)
+        settings |= {
+            "template": template.name,
+            "template_sha256": template.sha256,
+            "max_tokens": config.max_instruction_tokens,
+        }
     return fingerprint(**settings)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from promptmii import prompts
+from promptmii import metaprompts, prompts
 from promptmii.backends import Backend, GenParams
 from promptmii.data import Example
 from promptmii.errors import PromptMIIError
@@ -13,16 +13,20 @@ from promptmii.parse import extract_instruction
 
 @dataclass(frozen=True)
 class InduceConfig:
-    template: str = field(
-        default=prompts.DEFAULT_TEMPLATE, metadata={"help": "meta-prompt template: " + " | ".join(prompts.TEMPLATES)}
+    template: str | None = field(
+        default=None,
+        metadata={
+            "help": "meta-prompt: a built-in name, tuned/NAME or a template file; None = the generator's tuned "
+            f"template, else {prompts.DEFAULT_TEMPLATE}"
+        },
     )
     max_tokens: int = field(default=1024, metadata={"help": "generator token limit (the paper's training limit)"})
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy, as the paper evaluates"})
     seed: int = field(default=0, metadata={"help": "sampling seed (matters only when temperature > 0)"})
 
     def __post_init__(self) -> None:
-        if self.template not in prompts.TEMPLATES:
-            prompts.meta_template(self.template)  # raises with "did you mean"
+        if self.template:
+            metaprompts.named(self.template)  # raises with "did you mean"
         if self.max_tokens < 1:
             raise PromptMIIError(f"max_tokens must be at least 1, got {self.max_tokens}")
 
@@ -39,6 +43,8 @@ class Instruction:
     seconds: float
     cached: bool = False
     error: str | None = None
+    template: str = ""  # the meta-prompt's name and the sha256 of its text
+    template_sha256: str = ""
 
 
 def induce(
@@ -46,11 +52,18 @@ def induce(
     labels: tuple[str, ...] | list[str],
     generator: Backend,
     config: InduceConfig = InduceConfig(),
+    *,
+    template: metaprompts.Template | None = None,
 ) -> Instruction:
-    """Write a task instruction from labelled examples with exactly one generator call."""
+    """Write a task instruction from labelled examples with exactly one generator call.
+
+    The meta-prompt is `template` when given (a caller that already resolved it, or a tuning
+    candidate), else config.template, else the tuned template registered for the generator.
+    """
     if not examples:
         raise PromptMIIError("induce needs at least one labelled example")
-    chat = prompts.meta_prompt(prompts.meta_template(config.template), examples, labels)
+    template = template or metaprompts.resolve(config.template, generator.model_id)
+    chat = prompts.meta_prompt(template.text, examples, labels)
     params = GenParams(max_tokens=config.max_tokens, temperature=config.temperature, seed=config.seed)
     [generation] = generator.generate([chat], params)
     return Instruction(
@@ -62,4 +75,6 @@ def induce(
         seconds=generation.seconds,
         cached=generation.cached,
         error=generation.error,
+        template=template.name,
+        template_sha256=template.sha256,
     )

@@ -20,7 +20,6 @@ from promptmii.backends import Chat
 from promptmii.data import Example
 from promptmii.errors import PromptMIIError
 
-TEMPLATES = ("criteria", "structured", "terse")
 # The paper found the structured meta-prompt better for Qwen-7B and the terse one for Llama. With our
 # bundled 1.5B as generator and follower, terse won on the validation split (mean macro-F1 0.567 vs
 # 0.490, bench/results/template_selection.json), so it is the default.
@@ -29,12 +28,19 @@ NAIVE_INSTRUCTION = "Classify the input."
 ICL_CLOSING = "Now classify the next input."
 
 
+def template_names() -> tuple[str, ...]:
+    """The built-in meta-prompts: every promptmii/templates/*.txt, listed, so a new file needs no code change."""
+    root = resources.files("promptmii").joinpath("templates")
+    return tuple(sorted(p.name.removesuffix(".txt") for p in root.iterdir() if p.name.endswith(".txt") and p.is_file()))
+
+
 def meta_template(name: str) -> str:
     """The text of a meta-prompt template shipped in promptmii/templates/<name>.txt."""
-    if name not in TEMPLATES:
-        close = difflib.get_close_matches(name, TEMPLATES, n=1)
+    names = template_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
-        raise PromptMIIError(f"unknown meta-prompt template '{name}'{hint}; templates are: {', '.join(TEMPLATES)}")
+        raise PromptMIIError(f"unknown meta-prompt template '{name}'{hint}; templates are: {', '.join(names)}")
     return resources.files("promptmii").joinpath(f"templates/{name}.txt").read_text(encoding="utf-8")
 
 

@@ -68,6 +68,10 @@ class Result:
     # are answered by its journal): what a run from an empty cache costs, where `seconds` is the wall time
     # of the run that wrote the row, short when it replayed a cache or resumed (None before schema 3).
     model_seconds: float | None = None
+    # The meta-prompt that wrote the instruction (promptmii, promptmii-zero; None for the other methods):
+    # its name (a built-in, tuned/NAME, home/NAME or a file) and the sha256 of the text the generator saw.
+    template: str | None = None
+    template_sha256: str | None = None
     run_id: str = ""
     promptmii_version: str = ""
     git_sha: str | None = None

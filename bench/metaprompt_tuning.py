@@ -1,0 +1,175 @@
+"""Does a tuned meta-prompt help a generator we cannot train? Default vs tuned template on the 23 test tasks.
+
+Arms: naive, icl:20, and promptmii-zero with the default template and with the tuned template, for
+each bundled generator (1.5B, 0.5B); the follower is the bundled 1.5B; n=20, m=100, seed 0. The tuned
+template is the one auto-selection picks for the generator (shipped in promptmii/templates/tuned/ or
+registered by `promptmii tune` in $PROMPTMII_HOME/templates/), so tune first (docs/tuning.md):
+
+    promptmii tune --corpus ../shared/corpus --generator llamacpp:qwen2.5-coder-1.5b-instruct --budget 2500 --m 20 -o runs/tune-1.5b
+    promptmii tune --corpus ../shared/corpus --generator llamacpp:qwen2.5-coder-0.5b-instruct --budget 2500 --m 20 -o runs/tune-0.5b
+    python bench/metaprompt_tuning.py                    # run (resumes), then summarize
+    python bench/metaprompt_tuning.py --summarize-only
+
+Goal (1.5B generator): tuned >= naive + 0.02 and >= default + 0.03 mean macro-F1, at <= 300 prompt
+tokens/query. Rows go to bench/runs/metaprompt_tuning/ (resumable); the summary to
+bench/results/metaprompt_tuning.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import replace
+from importlib.metadata import version
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from promptmii import metaprompts, models, prompts
+from promptmii.data import load_tasks
+from promptmii.experiment import Backends, EvalConfig, run_eval
+from promptmii.metrics import bootstrap_ci, mean, wilcoxon_p
+from promptmii.results import ResultsDir, git_sha, read_results
+
+ROOT = Path(__file__).resolve().parent
+FOLLOWER = f"llamacpp:{models.DEFAULT_MODEL}"
+GENERATORS = {"1.5b": f"llamacpp:{models.DEFAULT_MODEL}", "0.5b": f"llamacpp:{models.FAST_MODEL}"}
+SHARED_ARMS = ("naive", "icl:20")
+GOAL = {"generator": "1.5b", "over_naive": 0.02, "over_default": 0.03, "max_prompt_tokens_per_query": 300}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", default=str(ROOT.parent.parent / "shared" / "corpus"))
+    parser.add_argument("--runs", default=str(ROOT / "runs" / "metaprompt_tuning"))
+    parser.add_argument("--out", default=str(ROOT / "results" / "metaprompt_tuning.json"))
+    parser.add_argument("--generators", default=",".join(GENERATORS), help="short names: 1.5b,0.5b")
+    parser.add_argument("--follower", default=FOLLOWER)
+    parser.add_argument("--m", type=int, default=100)
+    parser.add_argument("--tasks", type=int, default=0, help="first K test tasks only (a smoke run) [0 = all]")
+    parser.add_argument("--summarize-only", action="store_true")
+    args = parser.parse_args()
+
+    tasks = load_tasks(args.corpus, split="test")[: args.tasks or None]
+    base = EvalConfig(methods=SHARED_ARMS, n=20, m=args.m, follower=args.follower, base_generator=args.follower)
+    out = ResultsDir(Path(args.runs))
+    generators = {}
+    start = time.time()
+    if not args.summarize_only:
+        run_eval(tasks, base, out)
+    for short in args.generators.split(","):
+        spec = GENERATORS[short]
+        default = replace(base, methods=("promptmii-zero",), base_generator=spec, template=prompts.DEFAULT_TEMPLATE)
+        tuned_config = replace(default, template=None)  # auto-selection: what a user gets without --template
+        tuned = Backends(tuned_config).template("base_generator")
+        if tuned.sha256 == metaprompts.builtin(prompts.DEFAULT_TEMPLATE).sha256:
+            sys.exit(f"no tuned template registered for {spec}: run `promptmii tune --generator {spec} ...` first")
+        if not args.summarize_only:
+            run_eval(tasks, default, out)
+            run_eval(tasks, tuned_config, out)
+        generators[short] = {
+            "spec": spec,
+            "model_id": Backends(default).get("base_generator").model_id,
+            "default_template": {"name": default.template, "sha256": metaprompts.builtin(default.template).sha256},
+            "tuned_template": {"name": tuned.name, "sha256": tuned.sha256, "header": tuned.header},
+        }
+    summary = summarize([t.id for t in tasks], read_results(out.results_path), generators, args)
+    summary["seconds_this_invocation"] = round(time.time() - start, 1)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary["mean"], indent=2))
+
+
+def arm_of(row, generators: dict) -> str | None:
+    """The arm a row belongs to; None for rows of other settings (another template, generator...)."""
+    if row.method in SHARED_ARMS:
+        return row.method
+    for short, g in generators.items():
+        if row.method == "promptmii-zero" and row.generator == g["model_id"]:
+            for kind in ("default", "tuned"):
+                if row.template_sha256 == g[f"{kind}_template"]["sha256"]:
+                    return f"promptmii-zero/{kind}/{short}"
+    return None
+
+
+def summarize(task_ids: list[str], rows: list, generators: dict, args: argparse.Namespace) -> dict:
+    follower_ids = {r.follower for r in rows if r.method in SHARED_ARMS}
+    by_arm: dict[str, dict[str, object]] = {}
+    for r in rows:  # the latest row per (arm, task) wins
+        arm = arm_of(r, generators)
+        if arm and r.task in task_ids and r.config.get("m") == args.m and r.seed == 0 and r.n_shots == 20:
+            by_arm.setdefault(arm, {})[r.task] = r
+    arms = [*SHARED_ARMS, *(f"promptmii-zero/{k}/{s}" for s in generators for k in ("default", "tuned"))]
+    complete = [t for t in task_ids if all(t in by_arm.get(a, {}) for a in arms)]
+    mean_table = {
+        a: {
+            "macro_f1": round(mean(by_arm[a][t].macro_f1 for t in complete), 4),
+            "prompt_tokens_per_query": round(mean(by_arm[a][t].prompt_tokens_per_query for t in complete), 1),
+            "invalid_rate": round(mean(by_arm[a][t].invalid_rate for t in complete), 4),
+        }
+        for a in arms
+        if complete
+    }
+    paired = {}
+    for short in generators:
+        tuned, default = f"promptmii-zero/tuned/{short}", f"promptmii-zero/default/{short}"
+        for name, (a, b) in {
+            f"tuned-naive/{short}": (tuned, "naive"),
+            f"tuned-default/{short}": (tuned, default),
+            f"tuned-icl:20/{short}": (tuned, "icl:20"),
+            f"default-naive/{short}": (default, "naive"),
+        }.items():
+            diffs = [by_arm[a][t].macro_f1 - by_arm[b][t].macro_f1 for t in complete]
+            if diffs:
+                low, high = bootstrap_ci(diffs)
+                paired[name] = {"mean": round(mean(diffs), 4), "ci95": [round(low, 4), round(high, 4)],
+                                "wilcoxon_p": round(wilcoxon_p(diffs), 4), "tasks": len(diffs)}  # fmt: skip
+    goal_short = GOAL["generator"]
+    goal = None
+    if complete and goal_short in generators:
+        tuned = mean_table[f"promptmii-zero/tuned/{goal_short}"]
+        goal = GOAL | {
+            "met_over_naive": tuned["macro_f1"] >= mean_table["naive"]["macro_f1"] + GOAL["over_naive"],
+            "met_over_default": tuned["macro_f1"]
+            >= mean_table[f"promptmii-zero/default/{goal_short}"]["macro_f1"] + GOAL["over_default"],
+            "met_tokens": tuned["prompt_tokens_per_query"] <= GOAL["max_prompt_tokens_per_query"],
+        }
+    return {
+        "benchmark": "metaprompt_tuning",
+        "mean": mean_table,
+        "tuning_llm_calls": {s: _int(g["tuned_template"]["header"].get("llm_calls")) for s, g in generators.items()},
+        "tuning_model_seconds": {
+            s: _float(g["tuned_template"]["header"].get("model_seconds")) for s, g in generators.items()
+        },
+        "generators": generators,
+        "paired": paired,
+        "goal": goal,
+        "config": {"n": 20, "m": args.m, "seed": 0, "follower": args.follower, "follower_ids": sorted(follower_ids)},
+        "tasks_total": len(task_ids),
+        "tasks_complete": len(complete),
+        "complete": len(complete) == len(task_ids),
+        "per_task": {a: {t: round(by_arm[a][t].macro_f1, 4) for t in complete} for a in arms if complete},
+        "provenance": {
+            "git_commit": git_sha(),
+            "argv": sys.argv,
+            "versions": {p: version(p) for p in ("promptmii", "gepa", "llama-cpp-python")},
+            "python": platform.python_version(),
+            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        },
+    }
+
+
+def _int(value: str | None) -> int | None:
+    return int(value) if value is not None else None
+
+
+def _float(value: str | None) -> float | None:
+    return float(value) if value is not None else None
+
+
+if __name__ == "__main__":
+    main()
