@@ -200,6 +200,24 @@ def classify(
     chunk = config.chunk_size or max(DEFAULT_CHUNK, CHUNKS_IN_FLIGHT * labeller.concurrency)
 
     reader = open_input(source, stdin)
+    try:
+        summary = _label_rows(reader, labeller, output, config, chunk, stdout=stdout, quiet=quiet)
+    finally:
+        reader.close()
+    summary.seconds = round(time.perf_counter() - start, 3)
+    return summary
+
+
+def _label_rows(
+    reader: InputRows,
+    labeller: Labeller,
+    output: str | None,
+    config: ClassifyConfig,
+    chunk: int,
+    *,
+    stdout: IO[str] | None,
+    quiet: bool,
+) -> Summary:
     text_cols = pick_text_columns(reader.columns, reader.first, config.text_col, reader.name)
     fmt = config.output_format or (SUFFIX_FORMATS.get(Path(output).suffix.lower()) if output else None) or reader.fmt
     extra = [f"p({label})" for label in labeller.labels] if labeller.decoding.startswith("score") else []
@@ -212,10 +230,12 @@ def classify(
     rows = iter(reader)
     if output:
         done, last = resume_point(Path(output), fmt, columns)
-        skipped = list(itertools.islice(rows, done))
-        if len(skipped) < done:
-            raise DataError(f"{output}: holds {done} rows but {reader.name} has only {len(skipped)}; use another -o")
-        if done and last is not None and _texts(skipped[-1], text_cols) != _texts(last, text_cols):
+        seen, last_input = 0, None
+        for row in itertools.islice(rows, done):  # skipped one by one: memory stays flat
+            seen, last_input = seen + 1, row
+        if seen < done:
+            raise DataError(f"{output}: holds {done} rows but {reader.name} has only {seen}; use another -o")
+        if done and last is not None and _texts(last_input or {}, text_cols) != _texts(last, text_cols):
             raise DataError(
                 f"{output}: row {done} was labelled from another text than {reader.name} row {done}; "
                 "it was written from another input (use another -o)"
@@ -226,8 +246,8 @@ def classify(
         sink: IO[str] = Path(output).open("a", encoding="utf-8", newline="")
     else:
         sink = stdout or sys.stdout
-    writer = RowWriter(sink, fmt, columns, header=not output or (summary.resumed == 0 and sink.tell() == 0))
     try:
+        writer = RowWriter(sink, fmt, columns, header=not output or (summary.resumed == 0 and sink.tell() == 0))
         with tqdm(
             total=reader.count(), initial=summary.resumed, desc="classify", unit="row", disable=quiet, file=sys.stderr
         ) as bar:
@@ -251,7 +271,6 @@ def classify(
         if output:
             sink.close()
     summary.rows += summary.resumed
-    summary.seconds = round(time.perf_counter() - start, 3)
     return summary
 
 
@@ -302,8 +321,8 @@ def _chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str
 class InputRows:
     """A CSV/TSV/JSONL source read one row at a time; its columns come from the header or the first row."""
 
-    def __init__(self, name: str, fmt: str, lines: Iterable[str], path: Path | None):
-        self.name, self.fmt, self.path = name, fmt, path
+    def __init__(self, name: str, fmt: str, lines: Iterable[str], path: Path | None, handle: IO[str] | None = None):
+        self.name, self.fmt, self.path, self._handle = name, fmt, path, handle
         self._lines = _numbered(name, lines)
         if fmt == "jsonl":
             self._rows: Iterator[dict[str, Any]] = self._json_rows()
@@ -320,6 +339,10 @@ class InputRows:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         yield self.first
         yield from self._rows
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
 
     def count(self) -> int | None:
         """Rows in a file (one cheap pass without the model, for the progress bar); None for stdin."""
@@ -375,7 +398,7 @@ def open_input(source: str, stdin: IO[str] | None = None) -> InputRows:
     if fmt == "jsonl" and path.suffix.lower() == ".json" and handle.read(1) == "[":
         raise DataError(f"{source}: a JSON array; classify streams JSON lines (one object per line), convert it")
     handle.seek(0)
-    return InputRows(source, fmt, handle, path)
+    return InputRows(source, fmt, handle, path, handle)
 
 
 # ---------------------------------------------------------------- writing and resuming
