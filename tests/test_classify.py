@@ -378,3 +378,24 @@ def test_text_columns_are_detected_or_given(tmp_path: Path, follower: FakeBacken
         run(*classify_args(tmp_path, clash, None))
     )
     assert "no rows to classify" in error_line(run(*classify_args(tmp_path, Path("-"), None), stdin="\n"))
+
+
+def test_memory_does_not_grow_with_the_file(tmp_path: Path, follower: FakeBackend) -> None:
+    import tracemalloc
+
+    class Unlogged(list):  # the fake's call log would grow with the rows; this test measures classify alone
+        def append(self, item: object) -> None:
+            pass
+
+    follower.calls, follower.batches = Unlogged(), Unlogged()
+    peaks = []
+    for count in (200, 4000):
+        data = write_rows(tmp_path / f"in{count}.csv", count)
+        tracemalloc.start()
+        classify(
+            instruction_file(), str(data), str(tmp_path / f"out{count}.csv"), ClassifyConfig(cache=False), quiet=True
+        )
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert len(read_rows(tmp_path / f"out{count}.csv")) == count
+    assert peaks[1] < 1.5 * peaks[0]  # 20x the rows; holding them would take 20x the memory
