@@ -40,6 +40,7 @@ class FakeBackend:
         self.scorer = scorer
         self.scored: list[Chat] = []
         self.calls: list[tuple[Chat, GenParams]] = []
+        self.batches: list[int] = []  # prompts per generate() call: shows how a caller batches
         self._queue: list[str] = []
 
     def enqueue(self, *replies: str) -> None:
@@ -47,6 +48,7 @@ class FakeBackend:
 
     def generate(self, prompts: list[Chat], params: GenParams) -> list[Generation]:
         out = []
+        self.batches.append(len(prompts))
         for chat in prompts:
             self.calls.append((chat, params))
             if self.fail_when and self.fail_when(chat):

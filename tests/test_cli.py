@@ -106,8 +106,11 @@ def test_induce_no_eval_makes_one_generator_call(tmp_path: Path, fakes: dict[str
         "--base-generator",
         spec,
         "--no-cache",
+        "-o",
+        str(tmp_path / "out"),
     )
     assert result.stdout.strip() == HINT and len(generator.calls) == 1
+    assert (tmp_path / "out" / "instruction.json").is_file()
 
 
 def test_eval_over_a_corpus_with_means_and_csv(tmp_path: Path, fakes: dict[str, str]) -> None:

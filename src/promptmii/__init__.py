@@ -5,6 +5,8 @@ Public API:
     get_backend             "llamacpp:qwen2.5-coder-1.5b-instruct" -> Backend   (promptmii.backends)
     induce                  examples + generator -> Instruction     (promptmii.induce)
     evaluate                tasks x methods -> Result rows           (promptmii.experiment)
+    PromptMIIClassifier     fit / predict / predict_proba / save, scikit-learn style  (promptmii.estimator)
+    load_instruction_file   instruction.json -> InstructionFile     (promptmii.instruction_file)
 """
 
 from __future__ import annotations
@@ -17,7 +19,17 @@ from promptmii.errors import PromptMIIError
 from promptmii.experiment import EvalConfig
 from promptmii.experiment import run_eval as evaluate
 from promptmii.induce import InduceConfig, Instruction, induce
+from promptmii.instruction_file import InstructionFile, load_instruction_file
 from promptmii.results import Result
+
+
+def __getattr__(name: str) -> object:
+    """PromptMIIClassifier on first use: it imports scikit-learn when installed, which `import promptmii` should not."""
+    if name == "PromptMIIClassifier":
+        from promptmii.estimator import PromptMIIClassifier
+
+        return PromptMIIClassifier
+    raise AttributeError(f"module 'promptmii' has no attribute '{name}'")
 
 
 def load_task(source: str, **kwargs: object) -> Task:
@@ -36,6 +48,8 @@ __all__ = [
     "Generation",
     "InduceConfig",
     "Instruction",
+    "InstructionFile",
+    "PromptMIIClassifier",
     "PromptMIIError",
     "Result",
     "Task",
@@ -43,6 +57,7 @@ __all__ = [
     "evaluate",
     "get_backend",
     "induce",
+    "load_instruction_file",
     "load_task",
     "load_tasks",
 ]

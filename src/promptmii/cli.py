@@ -21,15 +21,18 @@ from typing import Any
 
 import click
 
-from promptmii import models
+import promptmii
+from promptmii import metaprompts, models, prompts
 from promptmii.baselines import METHOD_HELP
+from promptmii.classify import OUTPUT_FORMATS, ClassifyConfig, classify
 from promptmii.corpus import BuildConfig
-from promptmii.data import draw, load_tasks
+from promptmii.data import Task, draw, load_tasks
 from promptmii.errors import PromptMIIError, first_line
 from promptmii.evaluate import DECODING
 from promptmii.experiment import DEFAULT_BACKEND, Backends, EvalConfig, result_keys, run_eval
 from promptmii.expert_iteration import ExpertIterationConfig
 from promptmii.induce import induce
+from promptmii.instruction_file import InstructionFile, evaluation_table, load_instruction_file
 from promptmii.prompts import DEFAULT_TEMPLATE
 from promptmii.results import Result, ResultsDir, mean_by_method, read_results
 from promptmii.search import SearchConfig
@@ -146,27 +149,104 @@ def induce_cmd(
     """
     with _errors_as_one_line():
         config = _eval_config(opts, methods=methods, n=n, m=m)
+        # Without scoring, only the n shown rows are needed: they are drawn from the whole file.
         [task] = load_tasks(
-            data, text_col=text_col, label_col=label_col, test_size=m, min_train=config.max_shots, seed=config.seed
+            data,
+            text_col=text_col,
+            label_col=label_col,
+            test_size=0 if no_eval else m,
+            min_train=n if no_eval else config.max_shots,
+            seed=config.seed,
         )
         backends = Backends(config)
+        directory = Path(output or f"runs/induce-{task.id}")
+        role = "generator" if config.generator else "base_generator"
         if no_eval:
             shots, _ = draw(task, n, 0, config.seed)
-            role = "generator" if config.generator else "base_generator"
             instruction = induce(shots, task.labels, backends.get(role), config.induce_config)
             if instruction.error:
                 raise PromptMIIError(f"the generator call failed: {instruction.error}")
+            saved = _instruction_file(task, config, backends, role, instruction.text, []).save(directory)
             click.echo(instruction.text)
+            click.echo(f"\ninstruction: {saved}", err=True)
             return
-        out = ResultsDir(Path(output or f"runs/induce-{task.id}"))
+        out = ResultsDir(directory)
         run_eval([task], config, out, backends=backends, quiet=opts["quiet"])
         rows = _requested_rows(out, result_keys([task], config, backends))
         fmt = opts["fmt"] or ("table" if sys.stdout.isatty() else "jsonl")
         _emit(rows, fmt, show_task=False)
-        instruction = next((r.instruction for r in rows if r.method in ("promptmii", "promptmii-zero")), None)
+        method = "promptmii" if config.generator else "promptmii-zero"
+        instruction = next((r.instruction for r in rows if r.method == method), None)
         if fmt == "table" and instruction is not None:
             click.echo(f"\nInstruction ({config.generator or config.base_generator}):\n\n{instruction}")
         click.echo(f"\nrows: {out.results_path}  samples: {out.samples_path}", err=True)
+        if instruction:
+            saved = _instruction_file(task, config, backends, role, instruction, rows).save(directory)
+            click.echo(f"instruction: {saved}  (label new rows: promptmii classify {saved} INPUT)", err=True)
+        elif instruction is not None:
+            click.echo("no instruction.json: the generator wrote no instruction (see the row's warnings)", err=True)
+
+
+@main.command(name="classify", context_settings=CONTEXT)
+@click.argument("instruction", type=click.Path(path_type=Path))
+@click.argument("input_path", metavar="INPUT")
+@click.option("-o", "--output", default=None, help="Output file, resumed if it exists [stdout].")
+@click.option("--text-col", default=None, help="Text column(s), comma-separated for sentence pairs [auto].")
+@click.option("--follower", default=None, help="Backend spec of the follower [the instruction file's].")
+@click.option(
+    "--decoding",
+    type=click.Choice(DECODING),
+    default=None,
+    help="Follower decoding [the instruction file's]; score modes add a p(LABEL) column per label.",
+)
+@click.option(
+    "--format", "fmt", type=click.Choice(OUTPUT_FORMATS), default=None, help="Output format [from -o, else INPUT's]."
+)
+@click.option("--chunk-size", default=0, show_default=True, help="Rows per follower batch and per flush (0 = auto).")
+@click.option("--no-cache", is_flag=True, help="Do not reuse LLM calls from $PROMPTMII_HOME/cache.sqlite.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def classify_cmd(
+    instruction: Path,
+    input_path: str,
+    output: str | None,
+    text_col: str | None,
+    follower: str | None,
+    decoding: str | None,
+    fmt: str | None,
+    chunk_size: int,
+    no_cache: bool,
+    quiet: bool,
+) -> None:
+    """Label the rows of INPUT (CSV/TSV/JSONL, or - for stdin) with the instruction in INSTRUCTION.
+
+    INSTRUCTION is an instruction.json written by `promptmii induce` (or its folder). Every input row is
+    written out with a prediction, an invalid flag (the reply named no label) and a failed flag with
+    the error (the call failed; never given a label). Rows are streamed and flushed a chunk at a time; run
+    the same command again to resume a killed run. Exit 1 when any row failed.
+
+    Example:
+
+        promptmii classify runs/induce-support_tickets/instruction.json tickets.csv -o labelled.csv
+    """
+    with _errors_as_one_line():
+        config = ClassifyConfig(
+            follower=follower,
+            decoding=decoding,
+            text_col=text_col,
+            output_format=fmt,
+            chunk_size=chunk_size,
+            cache=not no_cache,
+        )
+        summary = classify(load_instruction_file(instruction), input_path, output, config, quiet=quiet)
+        click.echo(
+            f"{summary.rows} rows in {summary.output} ({summary.resumed} resumed), {summary.invalid} invalid, "
+            f"{summary.failed} failed, {summary.seconds:.1f} s",
+            err=True,
+        )
+        if summary.failed:
+            raise PromptMIIError(
+                f"{summary.failed} rows failed and are marked failed in {summary.output} (first: {summary.first_error})"
+            )
 
 
 @main.command(name="eval", context_settings=CONTEXT)
@@ -490,6 +570,29 @@ def export_cmd(run: Path, output: Path | None) -> None:
 
 
 # ------------------------------------------------------------------ helpers
+
+
+def _instruction_file(
+    task: Task, config: EvalConfig, backends: Backends, role: str, text: str, rows: list[Result]
+) -> InstructionFile:
+    """The deployable record of an induced instruction, with the table it scored (when it was scored)."""
+    return InstructionFile(
+        instruction=text,
+        labels=task.labels,
+        format_constraint=prompts.format_constraint(task.labels),
+        follower=config.follower,
+        generator=getattr(config, role),
+        template=metaprompts.resolve(config.template, backends.get(role).model_id, config.follower).name,
+        n=config.n,
+        seed=config.seed,
+        decoding=config.decoding,
+        follower_model_id=backends.get("follower").model_id if rows else "",
+        generator_model_id=backends.get(role).model_id,
+        task=task.id,
+        source=str(task.meta.get("source", "")),
+        evaluation=evaluation_table(rows),
+        promptmii_version=promptmii.__version__,
+    )
 
 
 def _eval_config(opts: dict[str, Any], *, methods: str, n: int, m: int) -> EvalConfig:

@@ -69,10 +69,17 @@ def format_constraint(labels: tuple[str, ...] | list[str]) -> str:
     )
 
 
-def follower_prompt(prefix: str, labels: tuple[str, ...] | list[str], text: str) -> Chat:
-    """Prefix + format constraint + the input, as one user message (no system message, no 'Label:' cue)."""
+def follower_prompt(
+    prefix: str, labels: tuple[str, ...] | list[str], text: str, *, constraint: str | None = None
+) -> Chat:
+    """Prefix + format constraint + the input, as one user message (no system message, no 'Label:' cue).
+
+    `constraint` replaces the format line built from `labels`: an instruction file carries the exact
+    line its instruction was validated with.
+    """
     head = f"{prefix.strip()}\n\n" if prefix.strip() else ""
-    return [{"role": "user", "content": f"{head}{format_constraint(labels)}\n\nInput: {text}"}]
+    line = format_constraint(labels) if constraint is None else constraint
+    return [{"role": "user", "content": f"{head}{line}\n\nInput: {text}"}]
 
 
 def icl_prefix(shots: list[Example]) -> str:
