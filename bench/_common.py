@@ -103,10 +103,13 @@ def _version(name: str) -> str | None:
 
 
 def _git_dirty() -> bool | None:
-    """Whether the checkout had uncommitted changes to tracked files (None outside a git checkout)."""
+    """Whether the checkout had uncommitted changes to tracked files other than bench/results (the outputs).
+
+    None outside a git checkout.
+    """
     try:
         out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"],
             cwd=REPO,
             capture_output=True,
             text=True,
