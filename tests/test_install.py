@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import inspect
 import re
 import subprocess
 import sys
@@ -51,6 +52,15 @@ def test_require_names_the_extra() -> None:
         match=re.escape("x needs no_such_module, which is not installed: pip install 'promptmii[hub]'"),
     ):
         require("no_such_module.sub", "hub", "x")
+
+
+def test_evaluate_is_the_module_and_run_eval_the_function() -> None:
+    import promptmii
+    import promptmii.evaluate
+    from promptmii.experiment import run_eval
+
+    assert inspect.ismodule(promptmii.evaluate) and promptmii.run_eval is run_eval
+    assert "evaluate" not in promptmii.__all__ and "run_eval" in promptmii.__all__
 
 
 def package_imports(path) -> list[str]:

