@@ -1,8 +1,8 @@
 """Follower decoding modes side by side: generate vs score vs score-calibrated vs constrained.
 
 The corpus's 23 test tasks, n=20, m=100, methods promptmii-zero and icl:20, with the bundled 0.5B as
-the follower (the model whose free generation collapses to one label, RUNTIME.md: the case where
-scoring or a grammar could matter) and the 1.5B as the generator. Rows go to bench/runs/decoding_modes/
+the follower (the model whose free generation mostly answers one label whatever the prompt: the case
+where scoring or a grammar could matter) and the 1.5B as the generator. Rows go to bench/runs/decoding_modes/
 (resumable, task by task across modes); the summary goes to bench/results/decoding_modes.json.
 
     python bench/decoding_modes.py                     # run (resumes), then summarize
@@ -13,21 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 from pathlib import Path
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from tqdm import tqdm
 
+from _common import CORPUS, ROOT, machine, mean, rows, write_json
 from promptmii import models
 from promptmii.data import load_tasks
 from promptmii.evaluate import DECODING
 from promptmii.experiment import EvalConfig, run_eval
-from promptmii.results import ResultsDir, read_results
+from promptmii.results import ResultsDir
 
-ROOT = Path(__file__).resolve().parent
 METHODS = ("promptmii-zero", "icl:20")
 FOLLOWER = f"llamacpp:{models.FAST_MODEL}"
 GENERATOR = f"llamacpp:{models.DEFAULT_MODEL}"
@@ -35,7 +31,7 @@ GENERATOR = f"llamacpp:{models.DEFAULT_MODEL}"
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", default=str(ROOT.parent.parent / "shared" / "corpus"))
+    parser.add_argument("--corpus", default=str(CORPUS))
     parser.add_argument("--runs", default=str(ROOT / "runs" / "decoding_modes"))
     parser.add_argument("--out", default=str(ROOT / "results" / "decoding_modes.json"))
     parser.add_argument("--summarize-only", action="store_true")
@@ -53,37 +49,38 @@ def main() -> None:
         for task in tqdm(tasks, desc="tasks", unit="task"):
             for config in configs.values():
                 run_eval([task], config, out, quiet=True)
-    summary = summarize([t.id for t in tasks], read_results(out.results_path))
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    summary = summarize([t.id for t in tasks], rows(out.results_path))
+    if args.summarize_only:  # rewritten from saved rows: the rows' timings were taken on the recorded machine
+        summary["machine"] = machine(Path(args.out))
+    write_json(Path(args.out), summary)
     print(json.dumps(summary["mean"], indent=2))
 
 
-def summarize(task_ids: list[str], rows: list) -> dict:
+def summarize(task_ids: list[str], found: list) -> dict:
     """Means per (decoding, method) over the tasks where every mode and method is done."""
-    rows = [r for r in rows if r.task in task_ids and r.method in METHODS and r.m > 0]
-    latest = {(r.task, r.method, r.decoding): r for r in rows}
+    found = [r for r in found if r.task in task_ids and r.method in METHODS and r.m > 0]
+    latest = {(r.task, r.method, r.decoding): r for r in found}
     complete = [t for t in task_ids if all((t, m, d) in latest for m in METHODS for d in DECODING)]
-    mean = {}
+    means = {}
     for decoding in DECODING:
         for method in METHODS:
             chosen = [latest[(t, method, decoding)] for t in complete]
             if chosen:
-                mean[f"{decoding} {method}"] = {
-                    "macro_f1": round(sum(r.macro_f1 for r in chosen) / len(chosen), 4),
-                    "accuracy": round(sum(r.accuracy for r in chosen) / len(chosen), 4),
-                    "invalid_rate": round(sum(r.invalid_rate for r in chosen) / len(chosen), 4),
+                means[f"{decoding} {method}"] = {
+                    "macro_f1": mean([r.macro_f1 for r in chosen]),
+                    "accuracy": mean([r.accuracy for r in chosen]),
+                    "invalid_rate": mean([r.invalid_rate for r in chosen]),
                     "seconds": round(sum(r.seconds for r in chosen), 1),
                     "llm_calls": sum(r.llm_calls for r in chosen),
                 }
     return {
         "benchmark": "decoding_modes",
         "config": {"methods": list(METHODS), "n": 20, "m": 100, "follower": FOLLOWER, "generator": GENERATOR},
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "tasks_total": len(task_ids),
         "tasks_complete": len(complete),
         "complete": len(complete) == len(task_ids),
-        "mean": mean,
+        "mean": means,
         "note": (
             "seconds are sums over the complete tasks; score-calibrated reuses score's label log-probabilities "
             "from the call cache, so its seconds are mostly the content-free calls; some early tasks shared the "

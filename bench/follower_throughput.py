@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import socket
 import subprocess
 import sys
@@ -24,11 +22,10 @@ import time
 from functools import partial
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 import httpx
 import llama_cpp
 
+from _common import CORPUS, ROOT, machine, write_json
 from promptmii import models, prompts
 from promptmii.backends import get_backend
 from promptmii.backends.llamacpp import LlamaCppBackend
@@ -36,7 +33,6 @@ from promptmii.backends.openai import DEFAULT_TIMEOUT
 from promptmii.data import Example, load_tasks
 from promptmii.evaluate import FOLLOWER_MAX_TOKENS, FOLLOWER_PARAMS, prefix_tokens, run_follower
 
-ROOT = Path(__file__).resolve().parent
 MODEL = models.FAST_MODEL
 SIZES = (100, 1_000, 10_000)
 BACKENDS = ("llamacpp", "openai")
@@ -45,7 +41,7 @@ N_CTX = 16_384  # room for the 10k prefix; the same for every path
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", default=str(ROOT.parent.parent / "shared" / "corpus"))
+    parser.add_argument("--corpus", default=str(CORPUS))
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--m", type=int, default=20, help="queries per prefix")
     parser.add_argument("--out", default=str(ROOT / "results" / "follower_throughput.json"))
@@ -111,12 +107,11 @@ def write_summary(path: Path, task_id: str, rows: list[dict]) -> None:
         "goal": "ours >= 0.8 x raw queries per second",
         "goal_met": all(r["ratio_qps"] >= 0.8 for r in rows),
         "complete": {(r["backend"], r["target_tokens"]) for r in rows} >= {(b, s) for b in BACKENDS for s in SIZES},
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "loadavg_at_end": os.getloadavg()},
+        "machine": machine(),
         "note": "timed while other benchmarks shared the 2 cores; each path ran twice in the order raw, ours, ours, raw; means shown",
         "rows": rows,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(path, summary)
 
 
 def follow(backend, prefix: str, labels: tuple[str, ...], test: list[Example]) -> list[str]:

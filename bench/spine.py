@@ -12,22 +12,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+from _common import CORPUS, ROOT, machine, rows, write_json
 from promptmii import models
 from promptmii.data import load_tasks
 from promptmii.experiment import EvalConfig, run_eval
-from promptmii.results import ResultsDir, mean_by_method, read_results
+from promptmii.results import ResultsDir, mean_by_method
 
-ROOT = Path(__file__).resolve().parent
 METHODS = ("naive", "icl:20", "icl:100", "promptmii-zero")
 MODEL = f"llamacpp:{models.DEFAULT_MODEL}"
-PAPER = {  # REFERENCE.md A10, Llama-3.1-8B / Qwen2.5-7B, 90 tasks, macro-F1 (n=20 unless noted)
+PAPER = {  # the paper's main table (arXiv 2510.16932): Llama-3.1-8B / Qwen2.5-7B, 90 tasks, macro-F1, n=20 (icl:100 n=100)
     "naive": {"llama-3.1-8b": 0.253, "qwen2.5-7b": 0.303},
     "icl:20": {"llama-3.1-8b": 0.406, "qwen2.5-7b": 0.431},
     "icl:100": {"llama-3.1-8b": 0.430, "qwen2.5-7b": 0.482},
@@ -41,7 +37,7 @@ PER_TASK_FIELDS = (
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", default=str(ROOT.parent.parent / "shared" / "corpus"))
+    parser.add_argument("--corpus", default=str(CORPUS))
     parser.add_argument("--runs", default=str(ROOT / "runs" / "spine"))
     parser.add_argument("--out", default=str(ROOT / "results" / "spine.json"))
     parser.add_argument("--model", default=MODEL, help="generator and follower backend spec")
@@ -58,14 +54,15 @@ def main() -> None:
         start = time.time()
         run_eval(tasks, config, out)
         print(f"ran for {time.time() - start:.0f} s")
-    summary = summarize([t.id for t in tasks], read_results(out.results_path), config)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    summary = summarize([t.id for t in tasks], rows(out.results_path), config)
+    if args.summarize_only:  # rewritten from saved rows: the rows' timings were taken on the recorded machine
+        summary["machine"] = machine(Path(args.out))
+    write_json(Path(args.out), summary)
     print(json.dumps(summary["mean"], indent=2))
 
 
-def summarize(task_ids: list[str], rows: list, config: EvalConfig) -> dict:
-    rows = [r for r in rows if r.task in task_ids and r.method in METHODS and r.config.get("m") == config.m]
+def summarize(task_ids: list[str], found: list, config: EvalConfig) -> dict:
+    rows = [r for r in found if r.task in task_ids and r.method in METHODS and r.config.get("m") == config.m]
     # rows made with another meta-prompt template are stale; the latest row per (task, method) wins
     rows = [r for r in rows if r.generator is None or r.config.get("template") == config.template]
     rows = list({(r.task, r.method): r for r in rows}.values())
@@ -81,7 +78,7 @@ def summarize(task_ids: list[str], rows: list, config: EvalConfig) -> dict:
             "model": config.follower,
             "template": config.template,
         },
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "tasks_total": len(task_ids),
         "tasks_complete": len(done_tasks),
         "complete": len(done_tasks) == len(task_ids),

@@ -11,25 +11,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import replace
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+from _common import CORPUS, ROOT, mean, rows, write_json
 from promptmii import models
 from promptmii.data import load_tasks
 from promptmii.experiment import EvalConfig, run_eval
 from promptmii.prompts import template_names
-from promptmii.results import ResultsDir, read_results
+from promptmii.results import ResultsDir
 
-ROOT = Path(__file__).resolve().parent
 MODEL = f"llamacpp:{models.DEFAULT_MODEL}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", default=str(ROOT.parent.parent / "shared" / "corpus"))
+    parser.add_argument("--corpus", default=str(CORPUS))
     parser.add_argument("--runs", default=str(ROOT / "runs" / "templates"))
     parser.add_argument("--out", default=str(ROOT / "results" / "template_selection.json"))
     parser.add_argument("--m", type=int, default=50)
@@ -42,15 +39,15 @@ def main() -> None:
         config = base if template == "naive" else replace(base, methods=("promptmii-zero",), template=template)
         out = ResultsDir(Path(args.runs) / template)
         run_eval(tasks, config, out)
-        rows = [r for r in read_results(out.results_path) if r.task in summary["tasks"]]
+        done = [r for r in rows(out.results_path) if r.task in summary["tasks"]]
         summary[template] = {
-            "mean_macro_f1": sum(r.macro_f1 for r in rows) / len(rows),
-            "mean_invalid_rate": sum(r.invalid_rate for r in rows) / len(rows),
-            "mean_prompt_tokens_per_query": sum(r.prompt_tokens_per_query for r in rows) / len(rows),
-            "per_task": {r.task: round(r.macro_f1, 4) for r in rows},
+            "mean_macro_f1": mean([r.macro_f1 for r in done]),
+            "mean_invalid_rate": mean([r.invalid_rate for r in done]),
+            "mean_prompt_tokens_per_query": mean([r.prompt_tokens_per_query for r in done]),
+            "per_task": {r.task: round(r.macro_f1, 4) for r in done},
         }
     summary["chosen"] = max(template_names(), key=lambda t: summary[t]["mean_macro_f1"])
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(Path(args.out), summary)
     print(json.dumps({k: summary[k]["mean_macro_f1"] for k in ("naive", *template_names())}, indent=2))
 
 

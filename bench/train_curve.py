@@ -15,24 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+from _common import CORPUS, ROOT, machine, mean, write_json
 from promptmii import models
 from promptmii.train import TrainConfig, train
 
-ROOT = Path(__file__).resolve().parent
 RUN = models.promptmii_home() / "runs" / "bench-grpo-cpu"
 LOG_FILES = ("metrics.jsonl", "validation.jsonl", "run_log.jsonl", "rollouts.jsonl", models.RUN_CONFIG)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", default=str((ROOT.parent.parent / "shared" / "corpus").resolve()))
+    parser.add_argument("--corpus", default=str(CORPUS.resolve()))
     parser.add_argument("--run", default=str(RUN))
     parser.add_argument("--max-steps", type=int, default=10)
     parser.add_argument("--summarize-only", action="store_true")
@@ -52,7 +48,9 @@ def main() -> None:
     if (run / "training.png").is_file():
         shutil.copy(run / "training.png", results / "train_curve.png")
     summary = summarize(run)
-    (results / "train_curve.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if args.summarize_only:  # rewritten from saved logs: their timings were taken on the recorded machine
+        summary["machine"] = machine(results / "train_curve.json")
+    write_json(results / "train_curve.json", summary)
     print(json.dumps({k: v for k, v in summary.items() if k != "steps"}, indent=2))
 
 
@@ -80,12 +78,12 @@ def summarize(run: Path) -> dict:
         "config": {k: v for k, v in config.items() if k not in ("corpus", "output")},
         "steps_done": len(steps),
         "validation": [{"step": s, "validation_f1": r["validation_f1"]} for s, r in sorted(validation.items())],
-        "train_reward_first_window": _mean(rewards[:window]),
-        "train_reward_last_window": _mean(rewards[-window:]),
+        "train_reward_first_window": mean(rewards[:window]),
+        "train_reward_last_window": mean(rewards[-window:]),
         "window": window,
-        "mean_seconds_per_step": _mean([s["seconds_per_step"] for s in steps if s["seconds_per_step"]]),
+        "mean_seconds_per_step": mean([s["seconds_per_step"] for s in steps if s["seconds_per_step"]]),
         "peak_rss_mb": max((s["peak_rss_mb"] or 0 for s in steps), default=None),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "loadavg_at_end": os.getloadavg()},
+        "machine": machine(),
         "note": "seconds per step include validation on eval steps and other benchmarks sharing the 2 cores",
         "steps": steps,
     }
@@ -95,10 +93,6 @@ def _read(path: Path) -> list[dict]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def _mean(values: list) -> float | None:
-    return round(sum(values) / len(values), 4) if values else None
 
 
 if __name__ == "__main__":

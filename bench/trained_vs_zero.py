@@ -14,19 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+from _common import CORPUS, ROOT, machine, mean, rows, write_json
 from promptmii import models
 from promptmii.data import load_tasks
 from promptmii.experiment import EvalConfig, run_eval
 from promptmii.export import export_adapter
-from promptmii.results import ResultsDir, read_results
+from promptmii.results import ResultsDir
 
-ROOT = Path(__file__).resolve().parent
 RUN = models.promptmii_home() / "runs" / "bench-grpo-cpu"
 FOLLOWER = f"llamacpp:{models.DEFAULT_MODEL}"
 POLICY = f"llamacpp:{models.FAST_MODEL}"
@@ -37,7 +33,7 @@ GOAL = 0.03
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", default=str(ROOT.parent.parent / "shared" / "corpus"))
+    parser.add_argument("--corpus", default=str(CORPUS))
     parser.add_argument("--run", default=str(RUN), help="the training run (its adapter/ must exist)")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "trained_vs_zero"))
     parser.add_argument("--out", default=str(ROOT / "results" / "trained_vs_zero.json"))
@@ -51,10 +47,12 @@ def main() -> None:
     if not args.summarize_only:
         export_adapter(run)
         run_eval(tasks, config, out, quiet=False)
-    rows = [r for r in read_results(out.results_path) if r.method in METHODS]
-    spine = [r for r in read_results(ROOT / "runs" / "spine" / "results.jsonl") if r.method in FROM_SPINE]
-    summary = summarize([t.id for t in tasks], rows + spine, run)
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    trained = [r for r in rows(out.results_path) if r.method in METHODS]
+    spine = [r for r in rows(ROOT / "runs" / "spine" / "results.jsonl") if r.method in FROM_SPINE]
+    summary = summarize([t.id for t in tasks], trained + spine, run)
+    if args.summarize_only:  # rewritten from saved rows: the rows' timings were taken on the recorded machine
+        summary["machine"] = machine(Path(args.out))
+    write_json(Path(args.out), summary)
     print(json.dumps(summary["mean"], indent=2))
 
 
@@ -64,21 +62,21 @@ def trained_config(run: Path, methods: tuple[str, ...], n: int = 20) -> EvalConf
                       generator=f"llamacpp:{run}", max_instruction_tokens=256, template="terse", seed=0)  # fmt: skip
 
 
-def summarize(task_ids: list[str], rows: list, run: Path) -> dict:
-    latest = {(r.task, r.method): r for r in rows if r.task in task_ids and r.config.get("m") == 100}
+def summarize(task_ids: list[str], found: list, run: Path) -> dict:
+    latest = {(r.task, r.method): r for r in found if r.task in task_ids and r.config.get("m") == 100}
     methods = (*METHODS, *FROM_SPINE)
     done = [t for t in task_ids if all((t, m) in latest for m in methods)]
-    mean = {}
+    means = {}
     for method in methods:
         picked = [latest[(t, method)] for t in done]
-        mean[method] = {
-            "macro_f1": _mean([r.macro_f1 for r in picked]),
-            "accuracy": _mean([r.accuracy for r in picked]),
-            "invalid_rate": _mean([r.invalid_rate for r in picked]),
-            "prompt_tokens_per_query": _mean([r.prompt_tokens_per_query for r in picked]),
-            "llm_calls": _mean([r.llm_calls for r in picked]),
+        means[method] = {
+            "macro_f1": mean([r.macro_f1 for r in picked]),
+            "accuracy": mean([r.accuracy for r in picked]),
+            "invalid_rate": mean([r.invalid_rate for r in picked]),
+            "prompt_tokens_per_query": mean([r.prompt_tokens_per_query for r in picked]),
+            "llm_calls": mean([r.llm_calls for r in picked]),
         }
-    trained, zero = mean["promptmii"]["macro_f1"], mean["promptmii-zero"]["macro_f1"]
+    trained, zero = means["promptmii"]["macro_f1"], means["promptmii-zero"]["macro_f1"]
     delta = round(trained - zero, 4) if done else None
     steps = (
         [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -94,17 +92,13 @@ def summarize(task_ids: list[str], rows: list, run: Path) -> dict:
         "tasks_complete": len(done),
         "tasks_total": len(task_ids),
         "complete": len(done) == len(task_ids),
-        "mean": mean,
+        "mean": means,
         "delta_trained_minus_zero": delta,
         "goal": f"trained >= zero + {GOAL} macro-F1",
         "goal_met": bool(done) and delta is not None and delta >= GOAL,
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "machine": machine(),
         "per_task": [{"task": t, **{m: round(latest[(t, m)].macro_f1, 4) for m in methods}} for t in done],
     }
-
-
-def _mean(values: list) -> float | None:
-    return round(sum(values) / len(values), 4) if values else None
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ results folder:
 - matched:  promptmii (the bench/train_curve.py run, exported LoRA on llama.cpp) with the 1.5B follower it
   was trained for, free generation (these calls replay from the cache of bench/trained_vs_zero.py);
 - transfer: promptmii and promptmii-zero (the same 0.5B untrained) with the 0.5B follower. The 0.5B answers
-  one label whatever the prompt in free generation (RUNTIME.md), so it answers by calibrated label scoring.
+  one label whatever the prompt in free generation (bench/results/decoding_modes.json), so it answers by
+  calibrated label scoring.
 Rows record `generator_follower`, so `promptmii report` (bench/report.py) marks them matched or transfer.
 
     python bench/transfer.py
@@ -15,11 +16,9 @@ Rows record `generator_follower`, so `promptmii report` (bench/report.py) marks 
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
+from _common import CORPUS, ROOT
 from promptmii import models
 from promptmii.data import load_tasks
 from promptmii.experiment import EvalConfig, run_eval
@@ -28,14 +27,13 @@ from search_vs_one_call import drawn_tasks  # the same 8 tasks
 from trained_vs_zero import FOLLOWER as TRAINED_FOR  # the follower the run was trained for
 from trained_vs_zero import RUN
 
-ROOT = Path(__file__).resolve().parent
 OTHER = f"llamacpp:{models.FAST_MODEL}"
 MAX_LABELS = 4
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", default=str(ROOT.parent.parent / "shared" / "corpus"))
+    parser.add_argument("--corpus", default=str(CORPUS))
     parser.add_argument("--run", default=str(RUN), help="the training run (exported with `promptmii export`)")
     parser.add_argument("--runs", default=str(ROOT / "runs" / "transfer"))
     args = parser.parse_args()

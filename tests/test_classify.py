@@ -362,8 +362,13 @@ def test_another_follower_is_warned_about(tmp_path: Path, follower: FakeBackend,
 def test_text_columns_are_detected_or_given(tmp_path: Path, follower: FakeBackend) -> None:
     data = tmp_path / "in.csv"
     data.write_text("ticket,body\n1,I love it\n")
-    line = error_line(run(*classify_args(tmp_path, data, None)))
-    assert "cannot tell which column is the text; columns are: ticket, body (use --text-col)" in line
+    # no known name: the statistics of labelled files decide (mostly distinct strings, longest on average)
+    detected = run(*classify_args(tmp_path, data, None))
+    assert detected.stdout.splitlines()[1] == "1,I love it,positive,false,false,"
+    numbers = tmp_path / "numbers.jsonl"
+    numbers.write_text('{"a": 1, "b": 2}\n')
+    line = error_line(run(*classify_args(tmp_path, numbers, None)))
+    assert "no text column among: a, b" in line and "--text-col" in line
     given = run(*classify_args(tmp_path, data, None, "--text-col", "body"))
     assert given.stdout.splitlines()[1] == "1,I love it,positive,false,false,"
     line = error_line(run(*classify_args(tmp_path, data, None, "--text-col", "bdy")))

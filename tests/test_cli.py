@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import io
 import json
+import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from conftest import SENTIMENT_WORDS, sentiment_examples, write_corpus
-from fakes import FakeBackend, keyword_rule
+from fakes import FakeBackend, keyword_rule, query_input
 from promptmii.cli import main
 from promptmii.data import Task
 from promptmii.results import read_results
@@ -219,3 +220,87 @@ def test_ctrl_c_exits_130_and_keeps_finished_rows(tmp_path: Path, register_backe
     result = run(*naive_then_icl(data, spec, tmp_path / "o"), "-q")
     assert result.exit_code == 130 and "run the same command again to resume" in result.stderr
     assert [r.method for r in read_results(tmp_path / "o" / "results.jsonl")] == ["naive"]
+
+
+def test_induce_on_a_corpus_folder_says_to_use_eval(tmp_path: Path, sentiment_task: Task) -> None:
+    other = Task("other", sentiment_task.labels, sentiment_task.train, sentiment_task.test, "test")
+    corpus = write_corpus(tmp_path / "corpus", [sentiment_task, other])
+    line = error_line("induce", str(corpus), "--n", "4", "--m", "5")
+    assert line == (
+        f"Error: {corpus}: a corpus of 2 tasks, and induce writes one task's instruction; give one task's file, "
+        f"or score them all with: promptmii eval --tasks {corpus}"
+    )
+
+
+@pytest.mark.parametrize("command", ["induce", "eval"])
+def test_eval_and_induce_take_every_eval_config_field_as_an_option(command: str) -> None:
+    from dataclasses import fields
+
+    from promptmii.experiment import EvalConfig
+
+    params = {p.name: p for p in main.commands[command].params}
+    for spec in fields(EvalConfig):
+        assert spec.name in params, f"--{spec.name.replace('_', '-')} missing from {command}"
+        assert params[spec.name].help == spec.metadata["help"]
+
+
+def test_a_missing_extra_is_named_before_anything_runs(
+    tmp_path: Path, fakes: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "gepa", None)  # as if `pip install promptmii` left gepa out
+    data = write_examples(tmp_path / "reviews.csv")
+    line = error_line(
+        "induce", str(data), "--n", "8", "--m", "12", "--methods", "naive,gepa", "-o", str(tmp_path / "o")
+    )
+    assert line == "Error: method gepa needs gepa, which is not installed: pip install 'promptmii[search]'"
+    assert not (tmp_path / "o").exists()
+
+
+def eval_two_tasks(tmp_path: Path, follower: str) -> Path:
+    tasks = [
+        Task(
+            t,
+            ("negative", "positive"),
+            tuple(sentiment_examples(30, 1000 * i)),
+            tuple(sentiment_examples(10, 500 + 1000 * i)),
+            "test",
+        )
+        for i, t in enumerate(("a", "b"))
+    ]
+    corpus = write_corpus(tmp_path / "corpus", tasks)
+    out = tmp_path / "runs"
+    args = ["--tasks", str(corpus), "--methods", "naive,icl:4", "--n", "4", "--m", "10", "--follower", follower]
+    assert run("eval", *args, "-o", str(out), "-q").exit_code == 0
+    return out
+
+
+def test_report_end_to_end_on_a_small_results_file(tmp_path: Path, register_backend) -> None:
+    # Naive always answers "positive"; behind ICL shots the follower reads the input's words, so icl:4 wins.
+    def rule(chat) -> str:
+        icl = "Now classify" in chat[0]["content"]
+        return "negative" if icl and any(w in query_input(chat) for w in ("awful", "hate")) else "positive"
+
+    runs = eval_two_tasks(tmp_path, register_backend("fake:reader", FakeBackend("reader", rule=rule)))
+    result = run("report", str(runs), "-o", str(tmp_path / "report"))
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(tmp_path / "report" / "report.md")
+    rows = read_results(runs / "results.jsonl")
+    main_csv = list(csv.DictReader(io.StringIO((tmp_path / "report" / "main.csv").read_text())))
+    by_method = {r["arm"].split(" ")[0]: r for r in main_csv}
+    for method in ("naive", "icl:4"):
+        f1s = [r.macro_f1 for r in rows if r.method == method]
+        assert len(f1s) == 2 and float(by_method[method]["macro_f1"]) == pytest.approx(sum(f1s) / 2, abs=5e-5)
+    assert float(by_method["icl:4"]["macro_f1"]) > float(by_method["naive"]["macro_f1"])
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Main table" in report and "![macro-F1 vs tokens](f1_vs_tokens.png)" in report
+    assert (tmp_path / "report" / "f1_vs_tokens.png").read_bytes()[:4] == b"\x89PNG"
+    again = run("report", str(runs), "-o", str(tmp_path / "again"))  # the same files give the same report
+    assert again.exit_code == 0 and (tmp_path / "again" / "report.md").read_text() == report
+
+
+def test_report_without_its_extra_says_which(tmp_path: Path, register_backend, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = eval_two_tasks(tmp_path, register_backend("fake:p", FakeBackend("p", rule=lambda chat: "positive")))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    line = error_line("report", str(runs), "-o", str(tmp_path / "report"))
+    assert line == "Error: promptmii report needs matplotlib, which is not installed: pip install 'promptmii[report]'"
+    assert not (tmp_path / "report").exists()

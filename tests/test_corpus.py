@@ -16,13 +16,12 @@ from promptmii.corpus import (
     HubEntry,
     Skip,
     build_corpus,
-    detect_columns,
     first_occurrences,
     normalize_text,
     parse_labeler_reply,
     task_id,
 )
-from promptmii.data import join_fields, load_corpus
+from promptmii.data import ColumnError, detect_columns, join_fields, load_corpus
 from promptmii.errors import DataError
 
 SMALL = BuildConfig(train_size=20, test_size=10)  # draws 36 rows (20% margin), keeps 30
@@ -147,14 +146,15 @@ def test_statistics_find_unnamed_columns_and_long_texts_are_cut(tmp_path: Path) 
     ],
 )
 def test_detect_columns_by_features_and_names(row: dict, class_labels: dict, expected: tuple) -> None:
-    columns = detect_columns([row, {**row}], class_labels, max_labels=50)
+    columns = detect_columns([row, {**row}], class_labels=class_labels, max_labels=50)
     assert (columns.text, columns.label) == expected
 
 
 def test_detect_columns_refuses_to_guess_between_two_label_like_columns() -> None:
     data = [{"body": f"long body text {i}", "verdict": i % 2, "grade": i % 3} for i in range(30)]
-    with pytest.raises(Skip, match="several possible label columns: verdict, grade"):
-        detect_columns(data, {}, max_labels=50)
+    with pytest.raises(ColumnError, match="several possible label columns: verdict, grade") as error:
+        detect_columns(data, max_labels=50)
+    assert error.value.kind == "ambiguous columns"
 
 
 # ---------------------------------------------------------------- LLM fallback

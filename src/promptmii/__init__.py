@@ -4,23 +4,25 @@ Public API:
     load_task, load_tasks   labelled data -> Task records          (promptmii.data)
     get_backend             "llamacpp:qwen2.5-coder-1.5b-instruct" -> Backend   (promptmii.backends)
     induce                  examples + generator -> Instruction     (promptmii.induce)
-    evaluate                tasks x methods -> Result rows           (promptmii.experiment)
+    run_eval                tasks x methods -> Result rows           (promptmii.experiment)
     PromptMIIClassifier     fit / predict / predict_proba / save, scikit-learn style  (promptmii.estimator)
     load_instruction_file   instruction.json -> InstructionFile     (promptmii.instruction_file)
+
+`promptmii.evaluate` is the module that runs the follower over a test set for one prompt prefix;
+`run_eval` is the whole evaluation (every method on every task, resumable into a results directory).
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from promptmii.backends import Backend, Generation, GenParams, get_backend
 from promptmii.data import Example, Task, load_tasks
 from promptmii.errors import PromptMIIError
-from promptmii.experiment import EvalConfig
-from promptmii.experiment import run_eval as evaluate
+from promptmii.experiment import EvalConfig, run_eval
 from promptmii.induce import InduceConfig, Instruction, induce
 from promptmii.instruction_file import InstructionFile, load_instruction_file
-from promptmii.results import Result
+from promptmii.results import Result, ResultsDir, promptmii_version
+
+__version__ = promptmii_version()
 
 
 def __getattr__(name: str) -> object:
@@ -52,12 +54,13 @@ __all__ = [
     "PromptMIIClassifier",
     "PromptMIIError",
     "Result",
+    "ResultsDir",
     "Task",
     "__version__",
-    "evaluate",
     "get_backend",
     "induce",
     "load_instruction_file",
     "load_task",
     "load_tasks",
+    "run_eval",
 ]

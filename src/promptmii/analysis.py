@@ -1,6 +1,6 @@
 """The paper's tables and figures, computed from results.jsonl files alone.
 
-Nothing here runs a model: every number in report.md traces back to rows of the input files (STYLE.md 3.3),
+Nothing here runs a model: every number in report.md traces back to rows of the input files,
 and the report carries no date, so the same files give a byte-identical report.md. An arm is what gets
 compared: (follower, method spec, n_shots, generator, decoding, meta-prompt template). Rows of one arm on one task (several seeds,
 say) are averaged before anything else; the report's header counts such cells and names the config keys
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from promptmii.errors import PromptMIIError
+from promptmii.errors import PromptMIIError, require
 from promptmii.metrics import bootstrap_ci, mean, wilcoxon_p
 from promptmii.results import Result, atomic_write, read_results
 
@@ -77,6 +77,8 @@ class Table:
 def write_report(results: list[Path], out: Path, *, bins: Path | None = None) -> Path:
     """Read results.jsonl files (or directories holding one), write report.md + CSVs + PNGs into `out`; return report.md."""
     rows, repeats = load_rows(results)
+    for module in ("matplotlib", "scipy"):  # before writing anything, so a missing extra leaves no half report
+        require(module, "report", "promptmii report")
     bin_of = read_bins(bins) if bins is not None else None  # before writing anything: bad input fails cleanly
     out.mkdir(parents=True, exist_ok=True)
     groups = group(rows)
@@ -319,7 +321,7 @@ def plot_win_rate(table: Table, title: str, path: Path) -> Path:
 
 
 def _pyplot() -> Any:
-    import matplotlib
+    matplotlib = require("matplotlib", "report", "promptmii report's plots")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

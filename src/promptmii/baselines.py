@@ -1,6 +1,7 @@
 """The methods compared on one follower: Naive, ICL(k), Prompt-MII-Zero and Prompt-MII.
 
-Each method only decides the prefix the follower sees (REFERENCE.md A3, A7); `evaluate` does the rest.
+Each method only decides the prefix the follower sees (as in the reference, millix19/promptmii `baseline_eval_v3_modular.py`);
+`evaluate` does the rest.
 - naive:           "Classify the input." (labels only, via the format constraint)
 - icl[:k]:         k shots in context (k defaults to the run's n)
 - promptmii-zero:  an instruction from the untrained base generator, one greedy call
@@ -127,7 +128,7 @@ def build_prefix(
 def _icl_prefix(shots: list[Example], labels: tuple[str, ...], follower: Backend, longest_input: str) -> Prefix:
     """ICL shots, dropping trailing shots (and saying so) until the longest query fits the context.
 
-    The reference lowers n the same way and records `actual_n` (REFERENCE.md A2); we also warn.
+    The reference lowers n the same way and records `actual_n` (its `ContextLengthManager`); we also warn.
     """
 
     def fits(k: int) -> bool:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from promptmii import models
 from promptmii.backends import Backend, Chat, get_backend
 from promptmii.cache import CachedBackend
-from promptmii.data import LABEL_COLUMNS, _detect_text_columns, _require_columns, join_fields
+from promptmii.data import LABEL_COLUMNS, _require_columns, join_fields, text_columns
 from promptmii.errors import BackendError, DataError, PromptMIIError
 from promptmii.evaluate import CONTENT_FREE_INPUT, DECODING, FOLLOWER_PARAMS
 from promptmii.instruction_file import InstructionFile
@@ -304,7 +304,7 @@ def pick_text_columns(columns: list[str], first: dict[str, Any], text_col: str |
         _require_columns(source, columns, wanted, "--text-col")
         return wanted
     label_col = next((c for c in columns if c.lower() in LABEL_COLUMNS), "")
-    return _detect_text_columns(columns, label_col, [first], source)
+    return list(text_columns([first], label=label_col or None, source=source)[0])
 
 
 def _chunks(rows: Iterator[dict[str, Any]], size: int) -> Iterator[list[dict[str, Any]]]:

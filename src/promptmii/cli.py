@@ -6,36 +6,28 @@ so `promptmii eval ... | jq` works. Every PromptMIIError becomes one `Error:` li
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before llama.cpp or torch load (RUNTIME.md)
-
 import csv
 import io
 import json
 import logging
 import sys
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Any
 
 import click
 
-import promptmii
 from promptmii import metaprompts, models, prompts
-from promptmii.baselines import METHOD_HELP
 from promptmii.classify import OUTPUT_FORMATS, ClassifyConfig, classify
 from promptmii.corpus import BuildConfig
 from promptmii.data import Task, draw, load_tasks
-from promptmii.errors import PromptMIIError, first_line
+from promptmii.errors import DataError, PromptMIIError, first_line
 from promptmii.evaluate import DECODING
-from promptmii.experiment import DEFAULT_BACKEND, Backends, EvalConfig, result_keys, run_eval
+from promptmii.experiment import Backends, EvalConfig, result_keys, run_eval
 from promptmii.expert_iteration import ExpertIterationConfig
 from promptmii.induce import induce
 from promptmii.instruction_file import InstructionFile, evaluation_table, load_instruction_file
-from promptmii.prompts import DEFAULT_TEMPLATE
-from promptmii.results import Result, ResultsDir, mean_by_method, read_results
-from promptmii.search import SearchConfig
+from promptmii.results import Result, ResultsDir, mean_by_method, promptmii_version, read_results
 from promptmii.train import TrainConfig
 from promptmii.tune import TuneConfig
 
@@ -72,97 +64,114 @@ def main(verbose: bool) -> None:
     )
 
 
-def _common_model_options(f: Any) -> Any:
-    options = [
-        click.option(
-            "--follower", default=DEFAULT_BACKEND, show_default=True, help="Backend spec of the frozen follower."
-        ),
-        click.option(
-            "--base-generator", default=DEFAULT_BACKEND, show_default=True, help="Untrained generator (promptmii-zero)."
-        ),
-        click.option("--generator", default=None, help="Trained generator (method promptmii)."),
-        click.option(
-            "--template",
-            default=None,
-            help="Meta-prompt: a built-in name, tuned/NAME or a template file "
-            f"[auto: the tuned template registered for the generator, else {DEFAULT_TEMPLATE}].",
-        ),
-        click.option("--max-instruction-tokens", default=1024, show_default=True, help="Generator token limit."),
-        click.option(
-            "--decoding",
-            type=click.Choice(DECODING),
-            default="generate",
-            show_default=True,
-            help="Follower decoding: free generation + parsing (the paper's), label scoring, or a label grammar.",
-        ),
-        click.option(
-            "--ape-budget", default=SearchConfig.ape_budget, show_default=True, help="APE's follower calls per task."
-        ),
-        click.option(
-            "--gepa-budget", default=SearchConfig.gepa_budget, show_default=True, help="GEPA's metric calls per task."
-        ),
-        click.option("--seed", default=0, show_default=True, help="Draws the shown and scored examples."),
-        click.option("--no-cache", is_flag=True, help="Do not reuse LLM calls from $PROMPTMII_HOME/cache.sqlite."),
-        click.option(
-            "--format",
-            "fmt",
-            type=click.Choice(FORMATS),
-            default=None,
-            help="Output format [table on a terminal, else jsonl].",
-        ),
-        click.option("-q", "--quiet", is_flag=True, help="No progress bars."),
-    ]
-    for option in reversed(options):
-        f = option(f)
-    return f
+def _config_options(config_class: type, *, defaults: dict[str, Any] | None = None) -> Any:
+    """One option per field of a config dataclass, so the CLI and the dataclass cannot drift apart.
+
+    `--field-name` per field, help from the field's metadata (and `choices`, if it lists them); a bool
+    field becomes `--field/--no-field`, a tuple field a comma-separated list. `defaults` overrides a
+    field's default for one command (induce scores fewer rows than eval).
+    """
+    defaults = defaults or {}
+
+    def decorate(f: Any) -> Any:
+        for spec in reversed(fields(config_class)):
+            flag = spec.name.replace("_", "-")
+            help_text = spec.metadata.get("help", "")
+            default = defaults.get(spec.name, spec.default)
+            if default is MISSING:
+                f = click.option(f"--{flag}", spec.name, required=True, help=help_text)(f)
+            elif isinstance(default, bool):
+                f = click.option(
+                    f"--{flag}/--no-{flag}", spec.name, default=default, show_default=True, help=help_text
+                )(f)
+            else:
+                if "choices" in spec.metadata:
+                    kind: Any = click.Choice(spec.metadata["choices"])
+                elif isinstance(default, tuple):
+                    kind, default = str, ",".join(default)
+                else:
+                    kind = str if default is None else type(default)
+                f = click.option(
+                    f"--{flag}", spec.name, type=kind, default=default, show_default=default is not None, help=help_text
+                )(f)
+        return f
+
+    return decorate
+
+
+def _config_from_options(config_class: type, values: dict[str, Any]) -> Any:
+    """The config from its options: comma-separated lists back into the tuples the dataclass holds."""
+    tuples = {spec.name for spec in fields(config_class) if isinstance(spec.default, tuple)}
+    return config_class(
+        **{
+            name: tuple(x.strip() for x in value.split(",") if x.strip()) if name in tuples else value
+            for name, value in values.items()
+        }
+    )
+
+
+def _output_options(f: Any) -> Any:
+    """--format and --quiet, shared by induce and eval."""
+    f = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")(f)
+    return click.option(
+        "--format",
+        "fmt",
+        type=click.Choice(FORMATS),
+        default=None,
+        help="Output format [table on a terminal, else jsonl].",
+    )(f)
 
 
 @main.command(name="induce", context_settings=CONTEXT)
 @click.argument("data")
 @click.option("--text-col", default=None, help="Text column(s), comma-separated for sentence pairs [auto].")
 @click.option("--label-col", default=None, help="Label column [auto].")
-@click.option("--n", default=20, show_default=True, help="Labelled examples shown to the generator.")
-@click.option("--m", default=50, show_default=True, help="Held-out rows scored per method.")
-@click.option("--methods", default="naive,icl,promptmii-zero", show_default=True, help="Methods to score against.")
 @click.option("--no-eval", is_flag=True, help="Only write the instruction (one generator call).")
 @click.option("-o", "--output", default=None, help="Results directory [runs/induce-<data name>].")
-@_common_model_options
+@_config_options(EvalConfig, defaults={"m": 50})
+@_output_options
 def induce_cmd(
     data: str,
     text_col: str | None,
     label_col: str | None,
-    n: int,
-    m: int,
-    methods: str,
     no_eval: bool,
     output: str | None,
-    **opts: Any,
+    fmt: str | None,
+    quiet: bool,
+    **fields: Any,
 ) -> None:
     """Write an instruction for the task in DATA and score it against Naive and ICL on held-out rows.
 
-    DATA is a CSV/JSONL file with a text and a label column, or hf:NAME for a Hugging Face dataset.
-    The generator sees n rows; m other rows are scored by the follower for every method.
+    DATA is a CSV/JSONL file with a text and a label column, or hf:NAME for a Hugging Face dataset
+    (for a corpus folder of many tasks, use `promptmii eval --tasks`). The generator sees n rows;
+    m other rows are scored by the follower for every method.
 
     Example:
 
         promptmii induce examples/support_tickets.csv --n 20 --m 50
     """
     with _errors_as_one_line():
-        config = _eval_config(opts, methods=methods, n=n, m=m)
+        config = _config_from_options(EvalConfig, fields)
         # Without scoring, only the n shown rows are needed: they are drawn from the whole file.
-        [task] = load_tasks(
+        tasks = load_tasks(
             data,
             text_col=text_col,
             label_col=label_col,
-            test_size=0 if no_eval else m,
-            min_train=n if no_eval else config.max_shots,
+            test_size=0 if no_eval else config.m,
+            min_train=config.n if no_eval else config.max_shots,
             seed=config.seed,
         )
+        if len(tasks) != 1:
+            raise DataError(
+                f"{data}: a corpus of {len(tasks)} tasks, and induce writes one task's instruction; give one task's "
+                f"file, or score them all with: promptmii eval --tasks {data}"
+            )
+        [task] = tasks
         backends = Backends(config)
         directory = Path(output or f"runs/induce-{task.id}")
         role = "generator" if config.generator else "base_generator"
         if no_eval:
-            shots, _ = draw(task, n, 0, config.seed)
+            shots, _ = draw(task, config.n, 0, config.seed)
             instruction = induce(shots, task.labels, backends.get(role), config.induce_config)
             if instruction.error:
                 raise PromptMIIError(f"the generator call failed: {instruction.error}")
@@ -171,9 +180,9 @@ def induce_cmd(
             click.echo(f"\ninstruction: {saved}", err=True)
             return
         out = ResultsDir(directory)
-        run_eval([task], config, out, backends=backends, quiet=opts["quiet"])
+        run_eval([task], config, out, backends=backends, quiet=quiet)
         rows = _requested_rows(out, result_keys([task], config, backends))
-        fmt = opts["fmt"] or ("table" if sys.stdout.isatty() else "jsonl")
+        fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
         _emit(rows, fmt, show_task=False)
         method = "promptmii" if config.generator else "promptmii-zero"
         instruction = next((r.instruction for r in rows if r.method == method), None)
@@ -256,28 +265,20 @@ def classify_cmd(
 @click.option("--text-col", default=None, help="Text column(s) for a single file.")
 @click.option("--label-col", default=None, help="Label column for a single file.")
 @click.option(
-    "--methods",
-    default="naive,icl,promptmii-zero",
-    show_default=True,
-    help=f"{METHOD_HELP}.",
-)
-@click.option("--n", default=20, show_default=True, help="Labelled examples shown to the generator (icl's default K).")
-@click.option("--m", default=100, show_default=True, help="Held-out examples scored per task.")
-@click.option(
     "-o", "--output", default="runs/eval", show_default=True, help="Results directory (resumed if it exists)."
 )
-@_common_model_options
+@_config_options(EvalConfig)
+@_output_options
 def eval_cmd(
     tasks_source: str,
     split: str | None,
     task_ids: str | None,
     text_col: str | None,
     label_col: str | None,
-    methods: str,
-    n: int,
-    m: int,
     output: str,
-    **opts: Any,
+    fmt: str | None,
+    quiet: bool,
+    **fields: Any,
 ) -> None:
     """Score methods on many tasks with one follower; rows land in OUTPUT/results.jsonl as they finish.
 
@@ -288,7 +289,7 @@ def eval_cmd(
         promptmii eval --tasks ../shared/corpus --split test --methods naive,icl:20,icl:100,promptmii-zero --n 20 --m 100
     """
     with _errors_as_one_line():
-        config = _eval_config(opts, methods=methods, n=n, m=m)
+        config = _config_from_options(EvalConfig, fields)
         ids = [t.strip() for t in task_ids.split(",")] if task_ids else None
         tasks = load_tasks(
             tasks_source,
@@ -296,15 +297,15 @@ def eval_cmd(
             task_ids=ids,
             text_col=text_col,
             label_col=label_col,
-            test_size=m,
+            test_size=config.m,
             min_train=config.max_shots,
             seed=config.seed,
         )
         out = ResultsDir(Path(output))
         backends = Backends(config)
-        run_eval(tasks, config, out, backends=backends, quiet=opts["quiet"])
+        run_eval(tasks, config, out, backends=backends, quiet=quiet)
         rows = _requested_rows(out, result_keys(tasks, config, backends))
-        fmt = opts["fmt"] or ("table" if sys.stdout.isatty() else "jsonl")
+        fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
         _emit(rows, fmt, show_task=True)
         if fmt == "table" and len(tasks) > 1:
             click.echo("\nMean over tasks:")
@@ -334,30 +335,6 @@ def models_cmd(prepare: bool, fmt: str | None) -> None:
         fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
         columns = [(k, k, "{}") for k in ("name", "installed", "assembled", "size_mb", "path", "hf_copy", "note")]
         click.echo(_render(rows, fmt, columns))
-
-
-def _config_options(config_class: type) -> Any:
-    """One option per field of a config dataclass, so the CLI and the dataclass cannot drift apart."""
-    from dataclasses import MISSING, fields
-
-    def decorate(f: Any) -> Any:
-        for spec in reversed(fields(config_class)):
-            flag = spec.name.replace("_", "-")
-            help_text = spec.metadata.get("help", "")
-            if spec.default is MISSING:
-                f = click.option(f"--{flag}", spec.name, required=True, help=help_text)(f)
-            elif isinstance(spec.default, bool):
-                f = click.option(
-                    f"--{flag}/--no-{flag}", spec.name, default=spec.default, show_default=True, help=help_text
-                )(f)
-            else:
-                f = click.option(
-                    f"--{flag}", spec.name, type=type(spec.default), default=spec.default, show_default=True,
-                    help=help_text,
-                )(f)  # fmt: skip
-        return f
-
-    return decorate
 
 
 @main.command(name="train", context_settings=CONTEXT)
@@ -591,25 +568,7 @@ def _instruction_file(
         task=task.id,
         source=str(task.meta.get("source", "")),
         evaluation=evaluation_table(rows),
-        promptmii_version=promptmii.__version__,
-    )
-
-
-def _eval_config(opts: dict[str, Any], *, methods: str, n: int, m: int) -> EvalConfig:
-    return EvalConfig(
-        methods=tuple(x.strip() for x in methods.split(",") if x.strip()),
-        n=n,
-        m=m,
-        follower=opts["follower"],
-        base_generator=opts["base_generator"],
-        generator=opts["generator"],
-        template=opts["template"],
-        max_instruction_tokens=opts["max_instruction_tokens"],
-        decoding=opts["decoding"],
-        ape_budget=opts["ape_budget"],
-        gepa_budget=opts["gepa_budget"],
-        seed=opts["seed"],
-        cache=not opts["no_cache"],
+        promptmii_version=promptmii_version(),
     )
 
 

@@ -1,7 +1,7 @@
 """Build a classification corpus (tasks.jsonl + instances/) from hub or local datasets.
 
 The paper meta-trains on ~3,800 hub datasets gathered by the reference's `prompt_gen_preprocess.py`
-(REFERENCE.md A6). We keep its discovery, streaming sample and filters, and fix what it gets wrong:
+(millix19/promptmii). We keep its discovery, streaming sample and filters, and fix what it gets wrong:
 no hard-coded resume slice; columns found by rules first and by an LLM only when the rules cannot
 decide; both sides of a sentence pair; labels in a stable order; texts de-duplicated so the two sides
 of a task never share one; and the train/validation/test split made by dataset *family* (every config
@@ -36,15 +36,17 @@ from tqdm import tqdm
 
 from promptmii.backends import Backend, Chat, GenParams
 from promptmii.data import (
-    LABEL_COLUMNS,
-    PAIR_COLUMNS,
-    TEXT_COLUMNS,
+    SCALAR,
+    ColumnError,
+    Columns,
     Example,
+    all_of,
     clashing_labels,
+    detect_columns,
     is_saved_hf_dataset,
     join_fields,
 )
-from promptmii.errors import DataError, first_line
+from promptmii.errors import DataError, first_line, require
 from promptmii.results import append_lines, atomic_write
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,6 @@ log = logging.getLogger(__name__)
 SHUFFLE_BUFFER = 5000  # the reference's streaming shuffle buffer
 # Rows drawn beyond train_size + test_size, so a few duplicates or empty texts don't sink a dataset.
 ROW_MARGIN = 0.2
-TEXT_MIN_DISTINCT = 0.5  # a text column found by statistics has at least this share of distinct values
 LABELER_ROWS = 3  # example rows shown to the LLM labeler (the reference's 3)
 LABELER_VALUE_CHARS = 200  # each value in those rows cut to this length (the reference's 200)
 LABELER_PARAMS = GenParams(max_tokens=64, temperature=0.0)
@@ -64,7 +65,6 @@ SETTINGS_FILE = "build_config.json"
 # Settings that shape a task's rows: a resumed build must use the same ones, or the corpus mixes two.
 RESUME_FIELDS = ("train_size", "test_size", "min_labels", "max_labels", "max_text_chars", "seed")
 _NUMBER = re.compile(r"-?\d+(\.\d+)?")
-_SCALAR = (str, int, float, bool)
 
 
 @dataclass(frozen=True)
@@ -132,15 +132,6 @@ class Sample:
     license: str | None = None
 
 
-@dataclass(frozen=True)
-class Columns:
-    """Which column(s) make the text, which the label, and what decided it."""
-
-    text: tuple[str, ...]  # one column, or both sides of a sentence pair
-    label: str
-    how: str  # "<label rule>/<text rule>" (classlabel, name, statistics) or "llm:<model_id>"
-
-
 class Skip(Exception):  # noqa: N818 (a decision, not an error: it never leaves build_corpus)
     """Why a (dataset, config) is left out; `kind` groups reasons in the summary."""
 
@@ -193,6 +184,7 @@ def build_corpus(
     """
     if not sources:
         raise DataError("no sources: give 'hub' and/or paths to data files or dataset directories")
+    require("datasets", "hub", "corpus build")  # here, or every dataset would be skipped as "load failed"
     local = [source for item in sources if item != "hub" for source in local_sources(Path(item), config.max_configs)]
     (out / "instances").mkdir(parents=True, exist_ok=True)
     _check_settings(out, config)
@@ -281,15 +273,17 @@ def hub_sources(limit: int, max_configs: int) -> Iterator[Source]:
 
 def list_hub_datasets(limit: int) -> list[HubEntry]:
     """Text-classification datasets on the hub, most trending first (the reference's listing)."""
-    from huggingface_hub import HfApi  # network, only when "hub" is a source
+    hub = require("huggingface_hub", "hub", "corpus build hub")  # network, only when "hub" is a source
 
-    listing = HfApi().list_datasets(filter="task_categories:text-classification", sort="trending_score", limit=limit)
+    listing = hub.HfApi().list_datasets(
+        filter="task_categories:text-classification", sort="trending_score", limit=limit
+    )
     return [HubEntry(info.id, _tag(info.tags, "license"), _tag(info.tags, "language")) for info in listing]
 
 
 def hub_config_names(name: str) -> list[str | None]:
     """A hub dataset's configs, or [None] (the reference's fallback); a listing failure shows again on load."""
-    import datasets
+    datasets = require("datasets", "hub", "corpus build")
 
     try:
         return list(datasets.get_dataset_config_names(name)) or [None]
@@ -304,7 +298,7 @@ def load_sample(source: Source, n_rows: int, seed: int) -> Sample:
     nothing is downloaded beyond the rows taken; a saved dataset is shuffled exactly, in memory, so
     nothing is written next to it. We load without `split=` so one call also gives the split names.
     """
-    import datasets  # heavy import, only when a dataset is loaded
+    datasets = require("datasets", "hub", "corpus build")  # heavy import, only when a dataset is loaded
 
     if source.kind == "disk":
         loaded = datasets.load_from_disk(source.location)
@@ -327,58 +321,6 @@ def load_sample(source: Source, n_rows: int, seed: int) -> Sample:
 
 
 # ---------------------------------------------------------------- columns
-
-
-def detect_columns(rows: list[dict[str, Any]], class_labels: dict[str, tuple[str, ...]], max_labels: int) -> Columns:
-    """Text and label columns by rules: a ClassLabel feature, then common names, then statistics.
-
-    Statistics: the label is the one column with 2..min(max_labels, rows/2) distinct values, the text
-    the string column with mostly distinct values and the longest mean length. Raises Skip when the
-    rules cannot decide (the caller may then ask an LLM).
-    """
-    columns = list(rows[0])
-    strings = [c for c in columns if _all_of(rows, c, str)]
-    label = _by_name([c for c in columns if c in class_labels], LABEL_COLUMNS)
-    label = label or next((c for c in columns if c in class_labels), None)
-    label_rule = "classlabel"
-    if label is None:
-        label, label_rule = _by_name([c for c in columns if _all_of(rows, c, _SCALAR)], LABEL_COLUMNS), "name"
-    text, text_rule = _text_by_name(strings, label), "name"
-    if text is None:
-        text, text_rule = _text_by_statistics(rows, columns, strings, label), "statistics"
-    if label is None:
-        label, label_rule = _label_by_statistics(rows, columns, text, max_labels), "statistics"
-    return Columns(text, label, f"{label_rule}/{text_rule}")
-
-
-def _text_by_name(strings: list[str], label: str | None) -> tuple[str, ...] | None:
-    candidates = [c for c in strings if c != label]
-    for first, second in PAIR_COLUMNS:
-        pair = _by_name(candidates, (first,)), _by_name(candidates, (second,))
-        if pair[0] and pair[1]:
-            return pair
-    name = _by_name(candidates, TEXT_COLUMNS)
-    return (name,) if name else None
-
-
-def _text_by_statistics(rows: list[dict], columns: list[str], strings: list[str], label: str | None) -> tuple[str]:
-    candidates = [c for c in strings if c != label and _distinct(rows, c) >= TEXT_MIN_DISTINCT * len(rows)]
-    if not candidates:
-        others = ", ".join(c for c in columns if c != label)
-        raise Skip("no text column", f"no text column among: {others}")
-    return (max(candidates, key=lambda c: sum(len(str(r.get(c) or "")) for r in rows) / len(rows)),)
-
-
-def _label_by_statistics(rows: list[dict], columns: list[str], text: tuple[str, ...], max_labels: int) -> str:
-    limit = min(max_labels, len(rows) // 2)
-    scalars = [c for c in columns if c not in text and _all_of(rows, c, _SCALAR)]
-    candidates = [c for c in scalars if 2 <= _distinct(rows, c) <= limit]
-    if len(candidates) > 1:
-        raise Skip("ambiguous columns", f"several possible label columns: {', '.join(candidates)}")
-    if not candidates:
-        others = ", ".join(c for c in columns if c not in text)
-        raise Skip("no label column", f"no label column among: {others} (none has 2 to {limit} distinct values)")
-    return candidates[0]
 
 
 def labeler_prompt(dataset: str, config: str | None, rows: list[dict[str, Any]]) -> Chat:
@@ -425,10 +367,10 @@ def _find_columns(source: Source, sample: Sample, config: BuildConfig, labeler: 
     if not sample.rows:
         raise Skip("too few rows", f"no rows in split '{sample.split}'")
     try:
-        return detect_columns(sample.rows, sample.class_labels, config.max_labels)
-    except Skip:
+        return detect_columns(sample.rows, class_labels=sample.class_labels, max_labels=config.max_labels)
+    except ColumnError as e:
         if labeler is None:
-            raise
+            raise Skip(e.kind, e.reason) from None
     [generation] = labeler.generate([labeler_prompt(source.name, source.config, sample.rows)], LABELER_PARAMS)
     if generation.error:
         raise Skip("labeler failed", f"labeler failed: {generation.error}")
@@ -443,7 +385,7 @@ def make_task(
     task: str, source: Source, sample: Sample, columns: Columns, config: BuildConfig
 ) -> tuple[dict[str, Any], list[Example], list[Example]]:
     """A task record and its two sides from detected columns, or Skip when a filter fails."""
-    if not _all_of(sample.rows, columns.label, _SCALAR):
+    if not all_of(sample.rows, columns.label, SCALAR):
         raise Skip("no label column", f"label column '{columns.label}' holds lists or records, not one label a row")
     names = sample.class_labels.get(columns.label)
     usable = [p for p in (_example(row, columns, names, config.max_text_chars) for row in sample.rows) if p]
@@ -697,20 +639,6 @@ def _kind(path: Path) -> str:
 
 def _stem(path: Path) -> str:
     return path.name if path.is_dir() else path.name[: -len(path.suffix)]
-
-
-def _by_name(columns: list[str], names: Iterable[str]) -> str | None:
-    lowered = {c.lower(): c for c in columns}
-    return next((lowered[n] for n in names if n in lowered), None)
-
-
-def _all_of(rows: list[dict], column: str, types: type | tuple[type, ...]) -> bool:
-    values = [r.get(column) for r in rows if r.get(column) is not None]
-    return bool(values) and all(isinstance(v, types) for v in values)
-
-
-def _distinct(rows: list[dict], column: str) -> int:
-    return len({str(r.get(column)) for r in rows})
 
 
 def _tag(tags: list[str] | None, key: str) -> str | None:

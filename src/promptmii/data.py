@@ -14,11 +14,12 @@ import json
 import random
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from promptmii.errors import DataError, first_line
+from promptmii.errors import DataError, first_line, require
 
 # Column names we accept without being told. Order matters: the first match wins.
 TEXT_COLUMNS = ("text", "sentence", "input", "review", "content", "tweet", "utterance", "query", "document")
@@ -33,6 +34,9 @@ PAIR_COLUMNS = (
     ("sentence_a", "sentence_b"),
 )
 FILE_SUFFIXES = (".csv", ".tsv", ".jsonl", ".json")
+SCALAR = (str, int, float, bool)  # values a label column may hold (not lists or records)
+TEXT_MIN_DISTINCT = 0.5  # a text column found by statistics has at least this share of distinct values
+MAX_LABELS = 1000  # a label column found by statistics has at most this many distinct values (and rows/2)
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,25 @@ class Task:
     test: tuple[Example, ...]  # the m scored examples come from here
     split: str = ""  # meta split in a corpus: train / validation / test ("" for a user's file)
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which column(s) make the text, which the label, and what decided it."""
+
+    text: tuple[str, ...]  # one column, or both sides of a sentence pair
+    label: str
+    how: str  # "<label rule>/<text rule>" (given, classlabel, name, statistics) or "llm:<model_id>"
+
+
+class ColumnError(DataError):
+    """The rules cannot tell the text or the label column; `kind` groups the reason in a corpus build log."""
+
+    def __init__(self, kind: str, reason: str, source: str, columns: list[str], flag: str):
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{reason}; columns are: {', '.join(columns)} (use {flag})")
+        self.kind = kind
+        self.reason = reason
 
 
 # ---------------------------------------------------------------- entry point
@@ -180,11 +203,8 @@ def rows_to_examples(
     rows: list[dict[str, Any]], *, source: str, text_col: str | None = None, label_col: str | None = None
 ) -> list[Example]:
     """Pick the text column(s) and the label column, then build Examples (pairs joined into one text)."""
-    columns = list(rows[0].keys())
-    label_col = label_col or _detect_label_column(columns, rows, source)
-    _require_columns(source, columns, [label_col], "--label-col")
-    text_cols = text_col.split(",") if text_col else _detect_text_columns(columns, label_col, rows, source)
-    _require_columns(source, columns, text_cols, "--text-col")
+    columns = detect_columns(rows, text=text_col.split(",") if text_col else None, label=label_col, source=source)
+    text_cols, label_col = list(columns.text), columns.label
     examples = []
     for number, row in enumerate(rows, start=1):
         label = row.get(label_col)
@@ -208,6 +228,90 @@ def _pretty_field(name: str) -> str:
     return " ".join(w.capitalize() for w in words)
 
 
+# ---------------------------------------------------------------- columns
+
+
+def detect_columns(
+    rows: list[dict[str, Any]],
+    *,
+    class_labels: dict[str, tuple[str, ...]] | None = None,
+    max_labels: int = MAX_LABELS,
+    text: list[str] | None = None,
+    label: str | None = None,
+    source: str = "",
+) -> Columns:
+    """Text and label columns by rules: what the user named, a ClassLabel feature, common names, statistics.
+
+    The one detector for user files, Hugging Face datasets and `corpus build`. Statistics: the text is
+    the string column with mostly distinct values and the longest mean length; the label the one
+    column with 2..min(max_labels, rows/2) distinct values. Raises ColumnError when the rules cannot
+    decide (corpus build may then ask an LLM); a named column that does not exist is a DataError.
+    """
+    columns = list(rows[0])
+    class_labels = class_labels or {}
+    _require_columns(source, columns, [label] if label else [], "--label-col")
+    _require_columns(source, columns, text or [], "--text-col")
+    label_rule = "given"
+    if label is None:
+        label = _by_name([c for c in columns if c in class_labels], LABEL_COLUMNS)
+        label = label or next((c for c in columns if c in class_labels), None)
+        label_rule = "classlabel"
+    if label is None:
+        label, label_rule = _by_name([c for c in columns if all_of(rows, c, SCALAR)], LABEL_COLUMNS), "name"
+    found, text_rule = (tuple(text), "given") if text else text_columns(rows, label=label, source=source)
+    if label is None:
+        label, label_rule = _label_by_statistics(rows, columns, found, max_labels, source), "statistics"
+    return Columns(found, label, f"{label_rule}/{text_rule}")
+
+
+def text_columns(
+    rows: list[dict[str, Any]], *, label: str | None = None, source: str = ""
+) -> tuple[tuple[str, ...], str]:
+    """The text column(s) and the rule that found them (name, else statistics); also for unlabelled files."""
+    columns = list(rows[0])
+    strings = [c for c in columns if all_of(rows, c, str)]
+    found = _text_by_name(strings, label)
+    if found is not None:
+        return found, "name"
+    return _text_by_statistics(rows, columns, strings, label, source), "statistics"
+
+
+def _text_by_name(strings: list[str], label: str | None) -> tuple[str, ...] | None:
+    candidates = [c for c in strings if c != label]
+    for first, second in PAIR_COLUMNS:
+        pair = _by_name(candidates, (first,)), _by_name(candidates, (second,))
+        if pair[0] and pair[1]:
+            return pair
+    name = _by_name(candidates, TEXT_COLUMNS)
+    return (name,) if name else None
+
+
+def _text_by_statistics(
+    rows: list[dict], columns: list[str], strings: list[str], label: str | None, source: str
+) -> tuple[str]:
+    candidates = [c for c in strings if c != label and _distinct(rows, c) >= TEXT_MIN_DISTINCT * len(rows)]
+    if not candidates:
+        others = ", ".join(c for c in columns if c != label)
+        raise ColumnError("no text column", f"no text column among: {others}", source, columns, "--text-col")
+    return (max(candidates, key=lambda c: sum(len(str(r.get(c) or "")) for r in rows) / len(rows)),)
+
+
+def _label_by_statistics(
+    rows: list[dict], columns: list[str], text: tuple[str, ...], max_labels: int, source: str
+) -> str:
+    limit = min(max_labels, len(rows) // 2)
+    scalars = [c for c in columns if c not in text and all_of(rows, c, SCALAR)]
+    candidates = [c for c in scalars if 2 <= _distinct(rows, c) <= limit]
+    if len(candidates) > 1:
+        reason = f"several possible label columns: {', '.join(candidates)}"
+        raise ColumnError("ambiguous columns", reason, source, columns, "--label-col")
+    if not candidates:
+        others = ", ".join(c for c in columns if c not in text)
+        reason = f"no label column among: {others} (none has 2 to {limit} distinct values)"
+        raise ColumnError("no label column", reason, source, columns, "--label-col")
+    return candidates[0]
+
+
 def _require_columns(source: str, columns: list[str], wanted: list[str], flag: str) -> None:
     for column in wanted:
         if column not in columns:
@@ -217,32 +321,19 @@ def _require_columns(source: str, columns: list[str], wanted: list[str], flag: s
             )
 
 
-def _detect_label_column(columns: list[str], rows: list[dict[str, Any]], source: str) -> str:
+def _by_name(columns: list[str], names: Iterable[str]) -> str | None:
     lowered = {c.lower(): c for c in columns}
-    for name in LABEL_COLUMNS:
-        if name in lowered:
-            return lowered[name]
-    if len(columns) == 2:  # two columns: the one with fewer distinct values is the label
-        return min(columns, key=lambda c: len({str(r.get(c)) for r in rows}))
-    raise DataError(
-        f"{source}: cannot tell which column is the label; columns are: {', '.join(columns)} (use --label-col)"
-    )
+    return next((lowered[n] for n in names if n in lowered), None)
 
 
-def _detect_text_columns(columns: list[str], label_col: str, rows: list[dict[str, Any]], source: str) -> list[str]:
-    lowered = {c.lower(): c for c in columns}
-    for first, second in PAIR_COLUMNS:
-        if first in lowered and second in lowered:
-            return [lowered[first], lowered[second]]
-    for name in TEXT_COLUMNS:
-        if name in lowered and lowered[name] != label_col:
-            return [lowered[name]]
-    others = [c for c in columns if c != label_col]
-    if len(others) == 1:
-        return others
-    raise DataError(
-        f"{source}: cannot tell which column is the text; columns are: {', '.join(columns)} (use --text-col)"
-    )
+def all_of(rows: list[dict], column: str, types: type | tuple[type, ...]) -> bool:
+    """Every value of `column` that is present has one of `types` (and at least one is present)."""
+    values = [r.get(column) for r in rows if r.get(column) is not None]
+    return bool(values) and all(isinstance(v, types) for v in values)
+
+
+def _distinct(rows: list[dict], column: str) -> int:
+    return len({str(r.get(column)) for r in rows})
 
 
 # ---------------------------------------------------------------- Hugging Face datasets
@@ -262,7 +353,7 @@ def load_hf_task(
     `name` may carry a config as `NAME:CONFIG`. Offline this works from a local directory or the local
     cache (set HF_DATASETS_OFFLINE=1). ClassLabel ids become their names, in ClassLabel order.
     """
-    import datasets  # heavy import, only when a dataset is asked for
+    datasets = require("datasets", "hub", "loading a Hugging Face dataset")  # heavy: only when asked for
 
     path = Path(name)
     try:
@@ -279,7 +370,10 @@ def load_hf_task(
     rows = list(loaded)
     if not rows:
         raise DataError(f"{name}: the dataset has no rows")
-    label_col = label_col or _detect_label_column(list(rows[0].keys()), rows, name)
+    class_labels = {c: tuple(f.names) for c, f in loaded.features.items() if isinstance(f, datasets.ClassLabel)}
+    label_col = detect_columns(
+        rows, class_labels=class_labels, text=text_col.split(",") if text_col else None, label=label_col, source=name
+    ).label
     feature = loaded.features.get(label_col)
     if isinstance(feature, datasets.ClassLabel):
         rows = [{**r, label_col: feature.int2str(r[label_col])} for r in rows]
@@ -347,7 +441,7 @@ def draw(task: Task, n: int, m: int, seed: int) -> tuple[list[Example], list[Exa
     """The n shown examples and the m scored examples, seeded per task.
 
     Shots are prefixes of one seeded shuffle of the train side, so n=20 is a subset of n=100 (the
-    reference's nested subsets, REFERENCE.md A2) and icl:20 sees the same rows as promptmii n=20.
+    reference's nested subsets, millix19/promptmii `baseline_eval_v3_modular.py`) and icl:20 sees the same rows as promptmii n=20.
     The test side is capped at its size: callers record the m actually used.
     """
     if n > len(task.train):

@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-import promptmii
 from promptmii import prompts
 from promptmii.backends import Backend
 from promptmii.classify import DEFAULT_CHUNK, Labeller, check_follower, load_follower
@@ -34,6 +33,7 @@ from promptmii.induce import InduceConfig, induce
 from promptmii.instruction_file import InstructionFile, load_instruction_file
 from promptmii.metrics import macro_f1
 from promptmii.parse import INVALID
+from promptmii.results import promptmii_version
 
 try:  # scikit-learn is optional: a dev dependency, not a runtime one
     from sklearn.base import BaseEstimator, ClassifierMixin
@@ -125,7 +125,7 @@ class PromptMIIClassifier(*_BASES):  # type: ignore[misc]
                 decoding=self.decoding,
                 generator_model_id=generator.model_id,
                 label_values=tuple(_plain(v) for v in classes) if typed else None,
-                promptmii_version=promptmii.__version__,
+                promptmii_version=promptmii_version(),
             )
         )
         return self

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-import promptmii
 from promptmii import metaprompts, models, prompts
 from promptmii.backends import Backend, get_backend
 from promptmii.baselines import METHOD_HELP, Method, build_prefix, parse_method
@@ -26,8 +25,8 @@ from promptmii.data import Task, draw
 from promptmii.errors import PromptMIIError
 from promptmii.evaluate import DECODING, check_inputs_fit, run_follower
 from promptmii.induce import InduceConfig
-from promptmii.results import Result, ResultsDir, Sample, fingerprint, git_sha, new_run_id
-from promptmii.search import SEARCH_METHODS, SearchConfig
+from promptmii.results import Result, ResultsDir, Sample, fingerprint, git_sha, new_run_id, promptmii_version
+from promptmii.search import SEARCH_METHODS, SearchConfig, require_gepa
 
 log = logging.getLogger(__name__)
 
@@ -43,26 +42,33 @@ GENERATOR_ROLE = {
 
 @dataclass(frozen=True)
 class EvalConfig:
-    methods: tuple[str, ...] = field(default=("naive", "icl", "promptmii-zero"), metadata={"help": METHOD_HELP})
-    n: int = field(default=20, metadata={"help": "labelled examples shown to the generator (and icl's default K)"})
-    m: int = field(default=100, metadata={"help": "held-out examples scored per task"})
-    follower: str = field(default=DEFAULT_BACKEND, metadata={"help": "backend spec of the frozen follower"})
-    base_generator: str = field(default=DEFAULT_BACKEND, metadata={"help": "untrained generator (promptmii-zero)"})
-    generator: str | None = field(default=None, metadata={"help": "trained generator (promptmii)"})
+    methods: tuple[str, ...] = field(
+        default=("naive", "icl", "promptmii-zero"), metadata={"help": f"Comma-separated: {METHOD_HELP}."}
+    )
+    n: int = field(default=20, metadata={"help": "Labelled examples shown to the generator (icl's default K)."})
+    m: int = field(default=100, metadata={"help": "Held-out examples scored per task."})
+    follower: str = field(default=DEFAULT_BACKEND, metadata={"help": "Backend spec of the frozen follower."})
+    base_generator: str = field(default=DEFAULT_BACKEND, metadata={"help": "Untrained generator (promptmii-zero)."})
+    generator: str | None = field(default=None, metadata={"help": "Trained generator (method promptmii)."})
     template: str | None = field(
         default=None,
         metadata={
-            "help": f"meta-prompt (name or file); None = the generator's tuned one, else {prompts.DEFAULT_TEMPLATE}"
+            "help": "Meta-prompt: a built-in name, tuned/NAME or a template file "
+            f"[auto: the tuned template registered for the generator, else {prompts.DEFAULT_TEMPLATE}]."
         },
     )
-    max_instruction_tokens: int = field(default=1024, metadata={"help": "generator token limit"})
+    max_instruction_tokens: int = field(default=1024, metadata={"help": "Generator token limit."})
     decoding: str = field(
-        default="generate", metadata={"help": "follower decoding: generate | score | score-calibrated | constrained"}
+        default="generate",
+        metadata={
+            "help": "Follower decoding: free generation + parsing (the paper's), label scoring, or a label grammar.",
+            "choices": DECODING,
+        },
     )
-    ape_budget: int = field(default=SearchConfig.ape_budget, metadata={"help": "APE's follower calls"})
-    gepa_budget: int = field(default=SearchConfig.gepa_budget, metadata={"help": "GEPA's max_metric_calls"})
-    seed: int = field(default=0, metadata={"help": "draws the shown and scored examples"})
-    cache: bool = field(default=True, metadata={"help": "reuse LLM calls from $PROMPTMII_HOME/cache.sqlite"})
+    ape_budget: int = field(default=SearchConfig.ape_budget, metadata={"help": "APE's follower calls per task."})
+    gepa_budget: int = field(default=SearchConfig.gepa_budget, metadata={"help": "GEPA's metric calls per task."})
+    seed: int = field(default=0, metadata={"help": "Draws the shown and scored examples."})
+    cache: bool = field(default=True, metadata={"help": "Reuse LLM calls from $PROMPTMII_HOME/cache.sqlite."})
 
     def __post_init__(self) -> None:
         parsed = [parse_method(m) for m in self.methods]  # raises on unknown methods
@@ -76,6 +82,8 @@ class EvalConfig:
             raise PromptMIIError(
                 "method promptmii needs --generator (a trained generator); use promptmii-zero for the untrained model"
             )
+        if any(m.name == "gepa" for m in parsed):
+            require_gepa()  # before any task runs, not when the first GEPA search starts
         self.induce_config  # noqa: B018 (building it validates template and max_instruction_tokens)
         self.search_config  # noqa: B018 (and this the search budgets)
 
@@ -277,12 +285,12 @@ def _fingerprint(method: Method, config: EvalConfig, backends: Backends) -> str:
     return fingerprint(**settings)
 
 
-def _stamp(result: Result, run_id: str, sha: str | None) -> Result:
+def _stamp(result: Result, run_id: str, sha: str) -> Result:
     return replace(
         result,
         run_id=run_id,
         git_sha=sha,
-        promptmii_version=promptmii.__version__,
+        promptmii_version=promptmii_version(),
         created_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     )
 

@@ -1,7 +1,7 @@
 """`promptmii export runs/NAME`: the trained LoRA adapter as a GGUF that llama.cpp applies at run time.
 
 Why an adapter and not a merged, re-quantized model: GRPO's small updates vanish under Q4/Q8
-re-quantization (RUNTIME.md), while llama.cpp adds an F32 adapter to the bundled Q4_K_M weights
+re-quantization (they are smaller than a quantization step and round away), while llama.cpp adds an F32 adapter to the bundled Q4_K_M weights
 exactly. The file is what llama.cpp's own convert_lora_to_gguf.py writes: general.type "adapter",
 the base model's architecture, adapter.type "lora", adapter.lora.alpha (F32), and for every adapted
 matrix two tensors `blk.{i}.{name}.weight.lora_a` (r x in) and `.lora_b` (out x r).

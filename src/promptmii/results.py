@@ -15,6 +15,7 @@ import subprocess
 import time
 import uuid
 from dataclasses import MISSING, asdict, dataclass, fields
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -115,15 +116,27 @@ def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
 
 
-def git_sha() -> str | None:
-    """The commit of the promptmii checkout, if it is one (recorded in every row)."""
+def git_sha(directory: Path | None = None) -> str:
+    """The commit checked out where the run was started (the working directory), or "unknown".
+
+    Not the package's own directory: an installed promptmii lives in site-packages, and the checkout
+    that holds the data, the benchmark script and its results is the one a reader must find.
+    """
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"], cwd=directory or Path.cwd(), capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
+        return "unknown"
+    return (out.stdout.strip() or "unknown") if out.returncode == 0 else "unknown"
+
+
+def promptmii_version() -> str:
+    """The installed package's version, from its metadata (one source of truth: pyproject.toml)."""
+    try:
+        return version("promptmii")
+    except PackageNotFoundError:  # a source tree on sys.path that was never installed
+        return "unknown"
 
 
 class ResultsDir:

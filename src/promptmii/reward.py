@@ -3,7 +3,7 @@
 reward = the follower's macro-F1 on the task's m fixed scoring examples, with the instruction + the fixed
 format constraint as prefix (exactly what evaluation measures). An INVALID reply counts as an error; the
 reference mapped it to label 0, which rewards a follower that answers nonsense on tasks whose label 0 is
-common (REFERENCE.md A4). No length, format or KL terms, as in the paper.
+common (millix19/promptmii `prompt_gen_batch_sglang_v4_fast_f1.py`). No length, format or KL terms, as in the paper.
 
 `FollowerReward` is the callable TRL's GRPOTrainer calls with the completions of one generation batch and
 the dataset's extra columns (labels, test_texts, test_labels) as aligned keyword lists.

@@ -14,21 +14,20 @@ import random
 import re
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import gepa
-from gepa.core.adapter import EvaluationBatch
-from gepa.core.result import GEPAResult
-from gepa.core.state import GEPAState
 from tqdm import tqdm
 
 from promptmii import prompts
 from promptmii.backends import Backend, Chat, Generation, GenParams
 from promptmii.cache import CachedBackend
 from promptmii.data import Example
-from promptmii.errors import BackendError, DataError, PromptMIIError
+from promptmii.errors import BackendError, DataError, PromptMIIError, require
 from promptmii.evaluate import FollowerRun, Spend, run_follower
 from promptmii.parse import INVALID, extract_instruction, strip_quotes
+
+if TYPE_CHECKING:  # gepa is imported where GEPA runs: it is an extra, and slow to import
+    from gepa.core.adapter import EvaluationBatch
 
 SEARCH_METHODS = ("ape", "gepa")
 
@@ -171,7 +170,7 @@ class Ledger:
 
 
 # ---------------------------------------------------------------- APE
-# APE, forward mode (Zhou et al. 2023; REFERENCE.md B3), rebuilt on our backends.
+# APE, forward mode (Zhou et al. 2023, keirp/automatic_prompt_engineer), rebuilt on our backends.
 #
 # The reference code is wired to a retired completions API, so this is our own implementation:
 # 1. The n examples split in half: the first half is the demo pool, the second half is held out.
@@ -256,7 +255,7 @@ def ape_search(examples: list[Example], ledger: Ledger, config: SearchConfig) ->
 # ---------------------------------------------------------------- GEPA
 # GEPA through the real `gepa` library: our follower as the task model, our generator as reflection LM.
 #
-# As in the reference (REFERENCE.md A7): the n examples split into GEPA's trainset (the first n//3,
+# As in the reference (millix19/promptmii `baseline_eval_v3_modular.py`, commit 2722f12): the n examples split into GEPA's trainset (the first n//3,
 # minibatches for reflection) and valset (the rest, scores for selection); the seed candidate is the
 # Naive instruction; the per-example score is exact match (1.0 if the follower's label is the gold
 # one); minibatches of min(3, |trainset|); gepa's defaults otherwise. Unlike the reference, the format
@@ -296,6 +295,8 @@ class FollowerAdapter:
     def evaluate(
         self, batch: list[Example], candidate: dict[str, str], capture_traces: bool = False
     ) -> EvaluationBatch:
+        from gepa.core.adapter import EvaluationBatch
+
         run = self.ledger.score(candidate[COMPONENT], batch)  # BudgetExhausted stops gepa before any call
         scores = [1.0 if p == e.label else 0.0 for p, e in zip(run.predictions, batch, strict=True)]
         outputs = [{"reply": r, "prediction": p} for r, p in zip(run.replies, run.predictions, strict=True)]
@@ -361,8 +362,17 @@ class ReflectionLM:
         return self.error is not None
 
 
+def require_gepa() -> Any:
+    """The gepa library, or one line naming the extra that installs it."""
+    return require("gepa", "search", "method gepa")
+
+
 def gepa_search(examples: list[Example], ledger: Ledger, config: SearchConfig, run_dir: Path) -> list[Candidate]:
     """Every candidate GEPA accepted, with its valset accuracy; the first is the seed (Naive)."""
+    gepa = require_gepa()
+    from gepa.core.result import GEPAResult
+    from gepa.core.state import GEPAState
+
     train, val = split_gepa(examples)
     minibatch, seed = config.gepa_minibatch, config.seed
     needed = len(val) + 2 * min(minibatch, len(train))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,11 @@ from typing import Protocol, runtime_checkable
 
 from promptmii.errors import BackendError
 from promptmii.models import is_training_run
+
+# OpenMP's default spin-wait makes llama.cpp's (and torch's) 2 threads 5-40x slower whenever anything
+# else uses a core (measured on 2-core machines). libgomp reads the variable once, when llama.cpp's or
+# torch's library loads; every backend module is imported through this package, so this runs first.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 Chat = list[dict[str, str]]  # OpenAI-style messages: [{"role": "user", "content": "..."}]
 

@@ -1,0 +1,120 @@
+"""What every benchmark script shares: paths, reading rows, means, paired CIs, machine and provenance.
+
+Each script in bench/ backs one claim and writes one JSON under bench/results/. `write_json` stamps
+that file with its provenance (the commit of the checkout that ran, whether it had uncommitted
+changes, the command line, the package versions), so a figure in the README can be traced to the
+code and the command that made it, and rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from promptmii.metrics import bootstrap_ci
+from promptmii.results import Result, atomic_write, git_sha, read_results
+
+ROOT = Path(__file__).resolve().parent  # bench/
+REPO = ROOT.parent
+CORPUS = REPO.parent / "shared" / "corpus"  # the project's shared corpus, beside the checkout
+# Recorded when installed: the engine, the numerics, and the libraries of the extras some benchmarks use.
+PACKAGES = (
+    "promptmii",
+    "llama-cpp-python",
+    "numpy",
+    "gepa",
+    "datasets",
+    "scipy",
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "sentence-transformers",
+)
+
+
+def rows(path: Path) -> list[Result]:
+    """The result rows of a results.jsonl, or none if the run has not started."""
+    return read_results(path) if path.exists() else []
+
+
+def mean(values: list[float], digits: int = 4) -> float | None:
+    """A rounded mean for a summary; None (a blank cell) for no values."""
+    return round(sum(values) / len(values), digits) if values else None
+
+
+def paired_ci(a: list[float], b: list[float], *, level: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """Mean of the per-task differences a - b with its bootstrap CI over tasks (paired: same tasks, same order)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_ci needs two equally long, non-empty lists (got {len(a)} and {len(b)})")
+    differences = [x - y for x, y in zip(a, b, strict=True)]
+    low, high = bootstrap_ci(differences, level=level, seed=seed)
+    return {
+        "mean_difference": round(sum(differences) / len(differences), 4),
+        "low": round(low, 4),
+        "high": round(high, 4),
+    }
+
+
+def machine(previous: Path | None = None) -> dict[str, Any]:
+    """Where the timings were taken: core count, platform, the load average when the summary was written.
+
+    With `previous` (a summary being rewritten from saved rows, no model run), its recorded machine is
+    kept: the timings in the rows were taken there, not where the summary is rewritten.
+    """
+    if previous is not None and previous.is_file():
+        recorded = json.loads(previous.read_text()).get("machine")
+        if recorded:
+            return recorded
+    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "loadavg_at_end": list(os.getloadavg())}
+
+
+def provenance() -> dict[str, Any]:
+    """Commit, uncommitted changes, command line and package versions of the process writing a result."""
+    return {
+        "git_sha": git_sha(REPO),
+        "git_dirty": _git_dirty(),
+        "argv": [Path(sys.argv[0]).as_posix(), *sys.argv[1:]] if sys.argv else [],
+        "python": platform.python_version(),
+        "packages": {name: _version(name) for name in PACKAGES},
+        "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_json(path: Path, summary: dict[str, Any]) -> Path:
+    """Write a benchmark's summary with its provenance (atomically: a killed write leaves the old file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps({**summary, "provenance": provenance()}, indent=2) + "\n")
+    return path
+
+
+def _version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def _git_dirty() -> bool | None:
+    """Whether the checkout had uncommitted changes to tracked files other than bench/results (the outputs).
+
+    None outside a git checkout.
+    """
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return bool(out.stdout.strip()) if out.returncode == 0 else None
