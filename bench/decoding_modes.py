@@ -25,7 +25,7 @@ from promptmii import models
 from promptmii.data import load_tasks
 from promptmii.evaluate import DECODING
 from promptmii.experiment import EvalConfig, run_eval
-from promptmii.results import ResultsDir, read_results
+from promptmii.results import ResultsDir, read_done
 
 ROOT = Path(__file__).resolve().parent
 METHODS = ("promptmii-zero", "icl:20")
@@ -51,7 +51,7 @@ def main() -> None:
         for task in tqdm(tasks, desc="tasks", unit="task"):
             for config in configs.values():
                 run_eval([task], config, out, quiet=True)
-    summary = summarize([t.id for t in tasks], read_results(out.results_path))
+    summary = summarize([t.id for t in tasks], read_done(out.results_path))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary["mean"], indent=2))

@@ -34,7 +34,7 @@ from promptmii import models
 from promptmii.data import Task, load_tasks
 from promptmii.errors import ModelFileError
 from promptmii.experiment import EvalConfig, run_eval
-from promptmii.results import Result, ResultsDir, read_results
+from promptmii.results import Result, ResultsDir, read_done
 from trained_vs_zero import RUN, trained_config  # the trained generator: its run and settings
 
 ROOT = Path(__file__).resolve().parent
@@ -108,7 +108,7 @@ def plan_config(n: int, method: str) -> EvalConfig:
 
 def _rows(path: Path) -> list[Result]:
     """Rows of the benchmark's settings: m=100, seed 0, the terse template for generated instructions."""
-    rows = read_results(path) if path.exists() else []
+    rows = read_done(path) if path.exists() else []
     templated = ("promptmii", "promptmii-zero")  # the template decides only these methods' numbers
     return [
         r

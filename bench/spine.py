@@ -22,7 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from promptmii import models
 from promptmii.data import load_tasks
 from promptmii.experiment import EvalConfig, run_eval
-from promptmii.results import ResultsDir, mean_by_method, read_results
+from promptmii.results import ResultsDir, mean_by_method, read_done
 
 ROOT = Path(__file__).resolve().parent
 METHODS = ("naive", "icl:20", "icl:100", "promptmii-zero")
@@ -55,7 +55,7 @@ def main() -> None:
         start = time.time()
         run_eval(tasks, config, out)
         print(f"ran for {time.time() - start:.0f} s")
-    summary = summarize([t.id for t in tasks], read_results(out.results_path), config)
+    summary = summarize([t.id for t in tasks], read_done(out.results_path), config)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary["mean"], indent=2))

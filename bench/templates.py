@@ -21,7 +21,7 @@ from promptmii import models
 from promptmii.data import load_tasks
 from promptmii.experiment import EvalConfig, run_eval
 from promptmii.prompts import TEMPLATES
-from promptmii.results import ResultsDir, read_results
+from promptmii.results import ResultsDir, read_done
 
 ROOT = Path(__file__).resolve().parent
 MODEL = f"llamacpp:{models.DEFAULT_MODEL}"
@@ -42,7 +42,7 @@ def main() -> None:
         config = base if template == "naive" else replace(base, methods=("promptmii-zero",), template=template)
         out = ResultsDir(Path(args.runs) / template)
         run_eval(tasks, config, out)
-        rows = [r for r in read_results(out.results_path) if r.task in summary["tasks"]]
+        rows = [r for r in read_done(out.results_path) if r.task in summary["tasks"]]
         summary[template] = {
             "mean_macro_f1": sum(r.macro_f1 for r in rows) / len(rows),
             "mean_invalid_rate": sum(r.invalid_rate for r in rows) / len(rows),

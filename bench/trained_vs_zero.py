@@ -24,7 +24,7 @@ from promptmii import models
 from promptmii.data import load_tasks
 from promptmii.experiment import EvalConfig, run_eval
 from promptmii.export import export_adapter
-from promptmii.results import ResultsDir, read_results
+from promptmii.results import ResultsDir, read_done
 
 ROOT = Path(__file__).resolve().parent
 RUN = models.promptmii_home() / "runs" / "bench-grpo-cpu"
@@ -51,8 +51,8 @@ def main() -> None:
     if not args.summarize_only:
         export_adapter(run)
         run_eval(tasks, config, out, quiet=False)
-    rows = [r for r in read_results(out.results_path) if r.method in METHODS]
-    spine = [r for r in read_results(ROOT / "runs" / "spine" / "results.jsonl") if r.method in FROM_SPINE]
+    rows = [r for r in read_done(out.results_path) if r.method in METHODS]
+    spine = [r for r in read_done(ROOT / "runs" / "spine" / "results.jsonl") if r.method in FROM_SPINE]
     summary = summarize([t.id for t in tasks], rows + spine, run)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary["mean"], indent=2))

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from promptmii import prompts
 from promptmii.backends import Backend, GenParams
 from promptmii.data import Example
-from promptmii.errors import PromptMIIError
+from promptmii.errors import DataError, PromptMIIError
 from promptmii.parse import extract_instruction
 
 
@@ -39,6 +39,7 @@ class Instruction:
     seconds: float
     cached: bool = False
     error: str | None = None
+    n_examples: int = 0  # examples the meta-prompt showed: fewer than given when they did not fit the context
 
 
 def induce(
@@ -47,10 +48,27 @@ def induce(
     generator: Backend,
     config: InduceConfig = InduceConfig(),
 ) -> Instruction:
-    """Write a task instruction from labelled examples with exactly one generator call."""
+    """Write a task instruction from labelled examples with exactly one generator call.
+
+    When the meta-prompt and `max_tokens` exceed the generator's context, the longest examples are left
+    out until it fits (`n_examples` says how many were shown); when not even one fits, it refuses.
+    """
     if not examples:
         raise PromptMIIError("induce needs at least one labelled example")
-    chat = prompts.meta_prompt(prompts.meta_template(config.template), examples, labels)
+    template = prompts.meta_template(config.template)
+    limit = generator.context_length - config.max_tokens
+
+    def fits(shown: list[Example]) -> bool:
+        return generator.count_tokens(prompts.meta_prompt(template, shown, labels)) <= limit
+
+    shown = prompts.fit_examples(examples, fits)
+    if not shown:
+        raise DataError(
+            f"the meta-prompt with even one example does not fit the generator's context of "
+            f"{generator.context_length} tokens with {config.max_tokens} to generate; shorten the texts or "
+            "lower --max-instruction-tokens"
+        )
+    chat = prompts.meta_prompt(template, shown, labels)
     params = GenParams(max_tokens=config.max_tokens, temperature=config.temperature, seed=config.seed)
     [generation] = generator.generate([chat], params)
     return Instruction(
@@ -62,4 +80,5 @@ def induce(
         seconds=generation.seconds,
         cached=generation.cached,
         error=generation.error,
+        n_examples=len(shown),
     )
