@@ -22,6 +22,7 @@ from typing import Any
 import click
 
 from promptmii import models
+from promptmii.backends import redact
 from promptmii.baselines import METHOD_HELP
 from promptmii.corpus import BuildConfig
 from promptmii.data import draw, load_tasks
@@ -163,7 +164,7 @@ def induce_cmd(
         _emit(rows, fmt, show_task=False)
         instruction = next((r.instruction for r in rows if r.method in ("promptmii", "promptmii-zero")), None)
         if fmt == "table" and instruction is not None:
-            click.echo(f"\nInstruction ({config.generator or config.base_generator}):\n\n{instruction}")
+            click.echo(f"\nInstruction ({redact(config.generator or config.base_generator)}):\n\n{instruction}")
         click.echo(f"\nrows: {out.results_path}  samples: {out.samples_path}", err=True)
 
 

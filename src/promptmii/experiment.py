@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 import promptmii
 from promptmii import models, prompts
-from promptmii.backends import Backend, get_backend
+from promptmii.backends import Backend, get_backend, redact
 from promptmii.baselines import METHOD_HELP, Method, build_prefix, parse_method
 from promptmii.cache import CachedBackend
 from promptmii.data import Task, draw, task_hash
@@ -275,7 +275,7 @@ def _evaluate_task(
             seconds=round(time.perf_counter() - start, 3),
             instruction=prefix.text if generator else "",
             warnings=warnings,
-            config=json.loads(json.dumps(asdict(config))),  # as a reader of results.jsonl sees it
+            config=written_config(config),
             fingerprint=fp,
             decoding=config.decoding,
             token_counter=follower.token_counter,
@@ -283,7 +283,7 @@ def _evaluate_task(
             search_follower_calls=spend.follower_calls,
             budget_exhausted=search.budget_exhausted if search else False,
             candidates=len(search.candidates) if search else 0,
-            generator_follower=models.trained_for(config.generator) if role == "generator" else None,
+            generator_follower=_redacted(models.trained_for(config.generator)) if role == "generator" else None,
             model_seconds=round(run.seconds + spend.seconds, 3),
             status=FAILED if error else DONE,
             error=error,
@@ -324,6 +324,15 @@ def _fingerprint(method: Method, config: EvalConfig, backends: Backends, data: s
     if data is not None:
         settings["data"] = data
     return fingerprint(**settings)
+
+
+def written_config(config: EvalConfig) -> dict[str, Any]:
+    """The config as a row stores it: JSON types, as a reader of results.jsonl sees it, and specs redacted."""
+    return {k: _redacted(v) for k, v in json.loads(json.dumps(asdict(config))).items()}
+
+
+def _redacted(value: Any) -> Any:
+    return redact(value) if isinstance(value, str) else value
 
 
 def _stamp(result: Result, run_id: str, sha: str | None) -> Result:
