@@ -214,8 +214,14 @@ class ResultsDir:
     def append(self, result: Result, samples: list[Sample]) -> None:
         if not self._locked:
             raise PromptMIIError(f"{self.directory}: rows are written only inside `with results_dir.lock():`")
-        append_lines(self.samples_path, [asdict(s) for s in samples])
-        append_lines(self.results_path, [asdict(result)])
+        try:
+            append_lines(self.samples_path, [asdict(s) for s in samples])
+            append_lines(self.results_path, [asdict(result)])
+        except OSError as e:  # a full disk, a lost mount: what is written stays, the next run repairs and resumes
+            raise PromptMIIError(
+                f"{self.directory}: cannot write results ({e.strerror or e}); free space or fix the disk, then run "
+                "the same command again to resume"
+            ) from None
 
     def _drop_orphan_samples(self) -> None:
         """Samples of a task whose result row never landed (the process died) would double on resume."""
