@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from promptmii.metrics import bootstrap_ci
-from promptmii.results import Result, atomic_write, git_sha, read_results
+from promptmii.results import Result, atomic_write, git_sha, read_done
 
 ROOT = Path(__file__).resolve().parent  # bench/
 REPO = ROOT.parent
@@ -41,8 +41,8 @@ PACKAGES = (
 
 
 def rows(path: Path) -> list[Result]:
-    """The result rows of a results.jsonl, or none if the run has not started."""
-    return read_results(path) if path.exists() else []
+    """The done rows of a results.jsonl (failed rows are not results), or none if the run has not started."""
+    return read_done(path) if path.exists() else []
 
 
 def mean(values: list[float], digits: int = 4) -> float | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 
 from promptmii.backends import Chat, Generation, GenParams
@@ -21,7 +22,8 @@ class FakeBackend:
 
     Label scores come from `scorer(chat, labels)`, else shorter labels score higher.
     Tokens are whitespace words, so token counts are easy to compute by hand. `fail_when(chat)`
-    makes single calls fail the way a real backend reports it (Generation.error).
+    makes single calls fail the way a real backend reports it (Generation.error); `fail_rate` makes
+    that many of all calls fail, drawn from random.Random(seed) (a flaky server).
     """
 
     def __init__(
@@ -31,6 +33,8 @@ class FakeBackend:
         context_length: int = 4096,
         fail_when: Callable[[Chat], bool] | None = None,
         scorer: Callable[[Chat, list[str]], dict[str, float]] | None = None,
+        fail_rate: float = 0.0,
+        seed: int = 0,
     ):
         self.model_id = model_id
         self.context_length = context_length
@@ -38,6 +42,8 @@ class FakeBackend:
         self.rule = rule
         self.fail_when = fail_when
         self.scorer = scorer
+        self.fail_rate = fail_rate
+        self._rng = random.Random(seed)
         self.scored: list[Chat] = []
         self.calls: list[tuple[Chat, GenParams]] = []
         self.batches: list[int] = []  # prompts per generate() call: shows how a caller batches
@@ -51,7 +57,8 @@ class FakeBackend:
         self.batches.append(len(prompts))
         for chat in prompts:
             self.calls.append((chat, params))
-            if self.fail_when and self.fail_when(chat):
+            flaky = self.fail_rate and self._rng.random() < self.fail_rate
+            if flaky or (self.fail_when and self.fail_when(chat)):
                 out.append(Generation("", self.count_tokens(chat), 0, 0.0, error="fake failure"))
                 continue
             text = self._queue.pop(0) if self._queue else (self.rule(chat) if self.rule else "")

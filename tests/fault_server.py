@@ -18,6 +18,7 @@ from typing import Any
 class FaultServer:
     def __init__(self, models: tuple[str, ...] = ("test-model",), answer: Callable[[list[dict]], str] | None = None):
         self.models = models
+        self.model_info: dict[str, dict[str, Any]] = {}  # extra /v1/models fields per model (root, meta, ...)
         self.answer = answer or (lambda messages: "positive")
         self.faults: list[tuple] = []
         self.fail_forever: tuple | None = None
@@ -65,7 +66,8 @@ class FaultServer:
             def do_GET(self) -> None:
                 server.requests.append({"path": self.path, "headers": dict(self.headers), "body": None})
                 if self.path.endswith("/models"):
-                    self._send(200, {"object": "list", "data": [{"id": m} for m in server.models]})
+                    listed = [{"id": m, **server.model_info.get(m, {})} for m in server.models]
+                    self._send(200, {"object": "list", "data": listed})
                 else:
                     self._send(404, {"error": {"message": "not found"}})
 

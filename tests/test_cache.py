@@ -55,3 +55,14 @@ def test_mixed_batch_keeps_order(tmp_path: Path) -> None:
     cached.generate([[{"role": "user", "content": "b"}]], GenParams())
     out = cached.generate([[{"role": "user", "content": x}] for x in "abc"], GenParams())
     assert [g.text for g in out] == ["A", "B", "C"] and [g.cached for g in out] == [False, True, False]
+
+
+def test_a_journal_over_the_cache_and_one_without_it_share_their_rows(tmp_path: Path) -> None:
+    """A search's journal wraps the run's cache, or the backend itself under --no-cache: same keys either way."""
+    chat = [{"role": "user", "content": "hello"}]
+    backend = FakeBackend(rule=lambda c: "hi")
+    CachedBackend(CachedBackend(backend, tmp_path / "cache.sqlite"), tmp_path / "journal.sqlite").generate(
+        [chat], GenParams()
+    )
+    [again] = CachedBackend(backend, tmp_path / "journal.sqlite").generate([chat], GenParams())
+    assert again.cached and len(backend.calls) == 1

@@ -72,7 +72,8 @@ def test_induce_prints_the_table_and_instruction(tmp_path: Path, fakes: dict[str
     result = induce_with_fakes(fakes, data, out, "--format", "table")
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
-    assert lines[0].split() == ["method", "macro-F1", "accuracy", "invalid", "tokens/query", "LLM", "calls", "seconds"]
+    header = ["method", "macro-F1", "accuracy", "invalid", "tokens/query", "LLM", "calls", "seconds", "status"]
+    assert lines[0].split() == header
     rows = {r.method: r for r in read_results(out / "results.jsonl")}
     for method, row in rows.items():
         [line] = [line for line in lines if line.startswith(method + " ")]
@@ -82,6 +83,7 @@ def test_induce_prints_the_table_and_instruction(tmp_path: Path, fakes: dict[str
             f"{row.invalid_rate:.3f}",
             str(row.prompt_tokens_per_query),
         ]
+        assert line.split()[-1] == "ok"
     assert rows["promptmii-zero"].macro_f1 == 1.0 and rows["naive"].macro_f1 < 0.5
     assert f"Instruction (fake:generator):\n\n{HINT}" in result.stdout
 

@@ -344,6 +344,35 @@ def test_a_rerun_only_decides_what_the_log_has_not(tmp_path: Path, monkeypatch: 
         build_corpus([str(first)], out, BuildConfig(train_size=30, test_size=10))
 
 
+def test_an_outage_is_not_a_skip_and_the_next_run_retries_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = write_csv(tmp_path / "first.csv", rows(40, ["a", "b"], prefix="first"))
+    second = write_csv(tmp_path / "second.csv", rows(40, ["a", "b"], prefix="second"))
+    out = tmp_path / "out"
+    real_load = corpus.load_sample
+
+    def hub_down(source: corpus.Source, n_rows: int, seed: int) -> corpus.Sample:
+        if source.location.endswith("second.csv"):
+            try:
+                raise TimeoutError("read timed out")
+            except TimeoutError as e:  # as the hub client wraps it
+                raise RuntimeError("Couldn't reach the dataset") from e
+        return real_load(source, n_rows, seed)
+
+    monkeypatch.setattr(corpus, "load_sample", hub_down)
+    summary = build_corpus([str(first), str(second)], out, SMALL)
+    assert (summary.kept, summary.skipped, summary.deferred) == (1, 0, 1)
+    assert "run the same command again to retry" in str(summary) and list(log_lines(out)) == ["first"]
+    monkeypatch.setattr(corpus, "load_sample", real_load)
+    summary = build_corpus([str(first), str(second)], out, SMALL)
+    assert (summary.kept, summary.deferred, summary.decided_now) == (2, 0, 1)
+    # an older build logged an outage as a skip: that line is decided again
+    lines = (out / "build_log.jsonl").read_text().splitlines()
+    stale = {**json.loads(lines[1]), "status": "skip", "kind": "load failed", "task_id": None,
+             "reason": "load failed: ConnectionError: HTTPSConnectionPool: Max retries exceeded"}  # fmt: skip
+    (out / "build_log.jsonl").write_text(f"{lines[0]}\n{json.dumps(stale)}\n")
+    assert build_corpus([str(first), str(second)], out, SMALL).decided_now == 1
+
+
 def test_configs_of_local_files_share_a_stem_prefix(tmp_path: Path) -> None:
     write_csv(tmp_path / "tweets.hate.csv", rows(40, ["hate", "none"], prefix="hate"))
     write_csv(tmp_path / "tweets.irony.csv", rows(40, ["irony", "none"], prefix="irony"))

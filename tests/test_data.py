@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_CORPUS, write_corpus
+from conftest import SHARED_CORPUS, sentiment_examples, write_corpus
 from promptmii.data import Example, Task, draw, join_fields, load_tasks
 from promptmii.errors import DataError
 
@@ -206,3 +206,65 @@ def test_hub_dataset_offline_and_not_cached_is_one_line(monkeypatch: pytest.Monk
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     assert "nobody/nothing-here: cannot load dataset (" in error_of("hf:nobody/nothing-here")
+
+
+def test_json_labels_of_mixed_types_are_one_label(tmp_path: Path) -> None:
+    labels = [0, 1, "1", 1.0, " 1", False, "false"]
+    rows = [{"text": f"t{i}", "label": labels[i % len(labels)]} for i in range(28)]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    [task] = load_tasks(str(tmp_path / "m.jsonl"), test_size=7)
+    assert task.labels == ("0", "1", "false")
+    (tmp_path / "l.jsonl").write_text("".join(json.dumps({"text": f"t{i}", "label": [i % 2]}) + "\n" for i in range(9)))
+    # a list is no label: the detector finds no label column and says which flag names one
+    message = error_of(str(tmp_path / "l.jsonl"), test_size=2)
+    assert "no label column among: label" in message and "(use --label-col)" in message
+
+
+def test_an_unclosed_csv_quote_is_named_not_swallowed(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "q.csv", "text,label", ['"an unclosed quote,pos', *many_rows(30)])
+    error = error_of(str(path), test_size=5)
+    assert "bad CSV at line" in error and "unclosed quote" in error and "\n" not in error
+
+
+def test_a_ragged_csv_row_is_named(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "r.csv", "text,label", [*many_rows(5), "one,two,three", *many_rows(20)])
+    assert "line 7 has 3 fields, the header has 2" in error_of(str(path), test_size=5)
+
+
+def test_malformed_json_array_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / "a.json").write_text('[{"text": "a", "label": "x"},\n {"text": "b", "label": }]')
+    assert "a.json: not valid JSON at line 2" in error_of(str(tmp_path / "a.json"))
+
+
+def test_unlabelled_classlabel_rows_are_one_line(tmp_path: Path) -> None:
+    datasets = pytest.importorskip("datasets")
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["a", "b"])})
+    data = datasets.Dataset.from_dict(
+        {"text": [f"t{i}" for i in range(20)], "label": [-1 if i == 3 else i % 2 for i in range(20)]}, features=features
+    )
+    data.save_to_disk(str(tmp_path / "saved"))
+    assert "1 of 20 rows are unlabelled (ClassLabel -1, first: row 4)" in error_of(str(tmp_path / "saved"))
+
+
+def test_a_repeated_text_is_never_both_shown_and_scored(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = write_csv(tmp_path / "d.csv", "text,label", many_rows(30) + many_rows(10))  # 10 texts twice
+    [task] = load_tasks(str(path), test_size=10)
+    assert len(task.train) + len(task.test) == 30
+    assert not {e.text for e in task.train} & {e.text for e in task.test}
+    assert "dropped 10 rows whose text repeats an earlier row" in caplog.text
+    caplog.clear()
+    train = (*sentiment_examples(20), *sentiment_examples(3, 100))  # 3 train rows repeat test rows
+    root = write_corpus(tmp_path / "c", [Task("t", ("negative", "positive"), train, tuple(sentiment_examples(8, 100)))])
+    [loaded] = load_tasks(str(root))
+    assert len(loaded.train) == 20 and "dropped 3 train rows whose text is also a test row" in caplog.text
+
+
+def test_task_hash_changes_with_any_row_and_only_then(sentiment_task: Task) -> None:
+    from dataclasses import replace
+
+    from promptmii.data import task_hash
+
+    same = replace(sentiment_task, meta={"source": "elsewhere"})
+    relabelled = replace(sentiment_task, train=(replace(sentiment_task.train[0], label="negative"),
+                                                *sentiment_task.train[1:]))  # fmt: skip
+    assert task_hash(same) == task_hash(sentiment_task) != task_hash(relabelled)

@@ -9,7 +9,7 @@ import pytest
 from conftest import SENTIMENT_WORDS, sentiment_examples
 from fakes import FakeBackend, query_input
 from promptmii.cache import CachedBackend
-from promptmii.data import Task
+from promptmii.data import Task, task_hash
 from promptmii.errors import DataError, PromptMIIError
 from promptmii.evaluate import CONTENT_FREE_INPUT, run_follower
 from promptmii.experiment import EvalConfig, run_eval
@@ -95,5 +95,7 @@ def test_decoding_is_recorded_and_separates_done_keys(tmp_path: Path, register_b
     positives = sum(e.label == "positive" for e in task.test) / len(task.test)
     assert rows["score-calibrated"].macro_f1 == 1.0 and rows["generate"].accuracy == positives
     assert rows["generate"].token_counter == "fake-whitespace"
-    # rows made before decoding modes existed keep their done-key: generate adds nothing to the fingerprint
-    assert rows["generate"].fingerprint == fingerprint(n_shots=4, m=10, seed=0, follower="scorer")
+    # generate adds nothing to the fingerprint, so rows made before decoding modes existed stay done (with
+    # their scored rows checked, as every row from before data hashes: experiment.result_keys)
+    data = task_hash(task)
+    assert rows["generate"].fingerprint == fingerprint(n_shots=4, m=10, seed=0, follower="scorer", data=data)

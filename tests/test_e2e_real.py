@@ -179,7 +179,7 @@ def test_the_shared_prefix_is_tokenized_once_without_changing_any_token(backend)
     backend.generate(chats[:3], GenParams(max_tokens=2))  # remembers the batch's shared prefix
     for chat in chats:
         rendered = backend._render(chat)
-        assert backend._tokens(rendered) == backend._llm.tokenize(rendered.encode(), add_bos=False, special=True)
+        assert backend._tokens(rendered) == backend._llm.tokenize(rendered.text.encode(), add_bos=False, special=True)
     assert len(backend._prefix[0]) > 1000
 
 

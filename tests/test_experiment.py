@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
@@ -13,11 +13,10 @@ from conftest import SENTIMENT_WORDS
 from fakes import FakeBackend, keyword_rule
 from promptmii import prompts
 from promptmii.baselines import parse_method
-from promptmii.data import Task, draw
+from promptmii.data import Task, draw, task_hash
 from promptmii.errors import BackendError, DataError, PromptMIIError
 from promptmii.evaluate import FOLLOWER_MAX_TOKENS
-from promptmii.experiment import Backends, EvalConfig, run_eval
-from promptmii.parse import INVALID
+from promptmii.experiment import Backends, EvalConfig, _fingerprint, result_keys, run_eval
 from promptmii.results import ResultsDir, read_results
 
 HINT = "Decide the sentiment from the words love, great, hate and awful."
@@ -116,8 +115,8 @@ def test_orphan_samples_of_an_unfinished_row_are_dropped(tmp_path: Path) -> None
     out = tmp_path / "run"
     out.mkdir()
     (out / "samples.jsonl").write_text(json.dumps({"task": "t", "method": "naive", "fingerprint": "f"}) + "\n{half")
-    ResultsDir(out)
-    assert (out / "samples.jsonl").read_text() == ""
+    with ResultsDir(out).lock():  # the writer repairs what a crash left, under the lock
+        assert (out / "samples.jsonl").read_text() == ""
 
 
 def test_same_seed_same_numbers_other_seed_other_draw(tmp_path: Path, sentiment_task: Task) -> None:
@@ -134,18 +133,21 @@ def test_same_seed_same_numbers_other_seed_other_draw(tmp_path: Path, sentiment_
     assert calls_c != calls_a
 
 
-def test_one_failed_example_scores_invalid_and_the_run_goes_on(tmp_path: Path, sentiment_task: Task) -> None:
+def test_a_failed_follower_call_fails_the_row_and_the_next_run_retries_it(tmp_path: Path, sentiment_task: Task) -> None:
     config = EvalConfig(methods=("naive",), n=4, m=12, cache=False)
     follower = FakeBackend(rule=lambda chat: "positive", fail_when=lambda chat: "review 100:" in chat[0]["content"])
-    [row] = run_eval(
-        [sentiment_task], config, ResultsDir(tmp_path / "r"), backends=make_backends(config, follower), quiet=True
-    )
-    assert row.invalid_rate == pytest.approx(1 / 12)
-    assert row.warnings == ["1 follower calls failed and scored INVALID (first: fake failure)"]
-    failed = [
-        json.loads(s) for s in (tmp_path / "r" / "samples.jsonl").read_text().splitlines() if '"error": "fake' in s
-    ]
-    assert [(s["prediction"], s["error"]) for s in failed] == [(INVALID, "fake failure")]
+    out = ResultsDir(tmp_path / "r")
+    [row] = run_eval([sentiment_task], config, out, backends=make_backends(config, follower), quiet=True)
+    assert row.failed and row.status == "failed"
+    assert row.error == "1 of 12 follower calls failed (first: fake failure)" and row.error in row.warnings
+    assert not out.samples_path.exists() or out.samples_path.read_text() == ""  # a failed row keeps no samples
+    assert out.done_keys() == set()
+    healthy = FakeBackend(rule=lambda chat: "positive")
+    [retried] = run_eval([sentiment_task], config, out, backends=make_backends(config, healthy), quiet=True)
+    assert not retried.failed and retried.key == row.key and len(healthy.calls) == 12
+    assert [r.status for r in read_results(out.results_path)] == ["failed", "done"]
+    assert len(out.samples_path.read_text().splitlines()) == 12
+    assert run_eval([sentiment_task], config, out, backends=make_backends(config, healthy), quiet=True) == []
 
 
 def test_a_backend_that_fails_everything_stops_the_run(tmp_path: Path, sentiment_task: Task) -> None:
@@ -165,7 +167,7 @@ def test_icl_too_long_for_the_context_drops_shots_and_says_so(tmp_path: Path, se
     )
     assert 0 < row.n_shots_used < 30 and row.n_shots == 30
     assert row.warnings == [
-        f"icl:30 does not fit the follower's context of 150 tokens; used the first {row.n_shots_used} shots"
+        f"icl:30 does not fit the follower's context of 150 tokens; used {row.n_shots_used} shots (the longest left out)"
     ]
     longest = max(len(chat[0]["content"].split()) + 3 for chat, _ in follower.calls)
     assert longest + FOLLOWER_MAX_TOKENS <= 150
@@ -183,17 +185,87 @@ def test_a_test_text_longer_than_the_context_is_refused(tmp_path: Path, sentimen
         run_eval([huge], config, ResultsDir(tmp_path / "r"), backends=make_backends(config, FakeBackend()), quiet=True)
 
 
-def test_failed_generator_call_is_recorded(tmp_path: Path, sentiment_task: Task) -> None:
+@pytest.mark.parametrize(
+    ("generator", "error"),
+    [
+        (FakeBackend("g", fail_when=lambda chat: True), "generator call failed: fake failure"),
+        (FakeBackend("g", rule=lambda chat: "   "), "the generator wrote an empty instruction"),
+    ],
+    ids=["failed-call", "empty-instruction"],
+)
+def test_no_instruction_is_a_failed_row_not_a_naive_score(
+    tmp_path: Path, sentiment_task: Task, generator: FakeBackend, error: str
+) -> None:
     config = EvalConfig(methods=("promptmii-zero",), n=4, m=12, cache=False)
-    generator = FakeBackend("g", fail_when=lambda chat: True)
-    [row] = run_eval(
-        [sentiment_task],
-        config,
-        ResultsDir(tmp_path / "r"),
-        backends=make_backends(config, smart_follower(), generator),
-        quiet=True,
-    )
-    assert row.instruction == "" and row.warnings == ["generator call failed: fake failure"]
+    follower = smart_follower()
+    out = ResultsDir(tmp_path / "r")
+    [row] = run_eval([sentiment_task], config, out, backends=make_backends(config, follower, generator), quiet=True)
+    assert row.failed and row.error == error and row.instruction.strip() == ""
+    assert follower.calls == []  # nothing to score: the follower is not asked
+    assert out.done_keys() == set()
+    good = FakeBackend("g", rule=lambda chat: HINT)
+    [retried] = run_eval([sentiment_task], config, out, backends=make_backends(config, follower, good), quiet=True)
+    assert (retried.failed, retried.instruction, retried.macro_f1) == (False, HINT, 1.0)
+
+
+def test_a_meta_prompt_too_long_for_the_generator_shows_fewer_examples_longest_first(
+    tmp_path: Path, sentiment_task: Task
+) -> None:
+    long_text = "a long rambling review that goes on " * 6 + "I love it"
+    at = sentiment_task.train.index(draw(sentiment_task, 8, 12, seed=0)[0][3])  # the 4th shot becomes long
+    train = list(sentiment_task.train)
+    train[at] = replace(train[at], text=long_text)
+    task = replace(sentiment_task, train=tuple(train))
+    config = EvalConfig(methods=("promptmii-zero",), n=8, m=12, max_instruction_tokens=50, cache=False)
+    shots, _ = draw(task, 8, 12, seed=0)
+    template = prompts.meta_template(prompts.DEFAULT_TEMPLATE)  # config.template None: the default for this model
+    full = FakeBackend().count_tokens(prompts.meta_prompt(template, shots, task.labels))
+    generator = FakeBackend("g", rule=lambda chat: HINT, context_length=full + 50 - 1)  # one token short
+    out = ResultsDir(tmp_path / "r")
+    [row] = run_eval([task], config, out, backends=make_backends(config, smart_follower(), generator), quiet=True)
+    [(sent, params)] = generator.calls
+    assert generator.count_tokens(sent) + params.max_tokens <= generator.context_length
+    assert not row.failed and (row.n_shots, row.n_shots_used) == (8, 7)
+    kept = [e for e in shots if e.text != long_text]
+    assert len(kept) == 7 and prompts.format_examples(kept) in sent[0]["content"]
+    assert "does not fit the generator's context" in row.warnings[0]
+    tiny = FakeBackend("g", rule=lambda chat: HINT, context_length=60)
+    with pytest.raises(DataError, match="the meta-prompt with even one example does not fit"):
+        run_eval([task], config, ResultsDir(tmp_path / "r2"), backends=make_backends(config, smart_follower(), tiny))
+
+
+def test_changed_data_is_computed_again_and_unchanged_data_reused(tmp_path: Path, sentiment_task: Task) -> None:
+    other = replace(sentiment_task, id="other")
+    config = EvalConfig(methods=("naive", "icl:4"), n=4, m=12, cache=False)
+    out = ResultsDir(tmp_path / "r")
+    run_eval([sentiment_task, other], config, out, backends=make_backends(config, smart_follower()), quiet=True)
+    edited = replace(other, test=(replace(other.test[0], label="negative"), *other.test[1:]))  # same id, new rows
+    follower = smart_follower()
+    rows = run_eval([sentiment_task, edited], config, out, backends=make_backends(config, follower), quiet=True)
+    assert [(r.task, r.method) for r in rows] == [("other", "naive"), ("other", "icl:4")]
+    assert {r.data_hash for r in rows} == {task_hash(edited)} and task_hash(edited) != task_hash(other)
+    assert run_eval([sentiment_task, edited], config, out, backends=make_backends(config, follower), quiet=True) == []
+
+
+def test_rows_from_before_data_hashes_are_reused_while_their_scored_rows_match(
+    tmp_path: Path, sentiment_task: Task
+) -> None:
+    config = EvalConfig(methods=("naive",), n=4, m=12, cache=False)
+    out = ResultsDir(tmp_path / "r")
+    [row] = run_eval([sentiment_task], config, out, backends=make_backends(config, smart_follower()), quiet=True)
+    backends = make_backends(config, smart_follower())
+    old_fp = _fingerprint(parse_method("naive"), config, backends, None)
+    legacy = {**asdict(row), "fingerprint": old_fp, "data_hash": None, "schema_version": 3}
+    del legacy["status"], legacy["error"]
+    samples = [{**json.loads(s), "fingerprint": old_fp} for s in out.samples_path.read_text().splitlines()]
+    out.results_path.write_text(json.dumps(legacy) + "\n")
+    out.samples_path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    assert result_keys([sentiment_task], config, backends, out) == [("sentiment", "naive", old_fp)]
+    assert run_eval([sentiment_task], config, out, backends=backends, quiet=True) == []
+    edited = replace(sentiment_task, test=(replace(sentiment_task.test[0], text="I hate it, new"),
+                                            *sentiment_task.test[1:]))  # fmt: skip
+    [again] = run_eval([edited], config, out, backends=backends, quiet=True)
+    assert again.fingerprint != old_fp and again.data_hash == task_hash(edited)
 
 
 def test_test_side_smaller_than_m_is_scored_whole_and_recorded(tmp_path: Path, sentiment_task: Task) -> None:

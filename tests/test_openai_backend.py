@@ -67,11 +67,13 @@ def test_a_hung_connection_times_out_and_is_retried(server: FaultServer) -> None
     assert generation.error is None and generation.text == "positive"
 
 
-def test_a_fault_that_outlives_the_retries_scores_one_prompt_invalid(server: FaultServer) -> None:
+def test_a_fault_that_outlives_the_retries_comes_back_as_that_prompts_error(server: FaultServer) -> None:
     server.faults = [("status", 500), ("status", 500)]
-    out = backend(server, retries=1, concurrency=1).generate([chat(), chat("awful")], GenParams(max_tokens=4))
-    assert out[0].error is not None and "HTTP 500" in out[0].error
-    assert out[1].error is None and out[1].text == "negative"
+    follower = backend(server, retries=1)
+    [failed] = follower.generate([chat()], GenParams(max_tokens=4))
+    assert failed.error is not None and "HTTP 500" in failed.error
+    [answered] = follower.generate([chat("awful")], GenParams(max_tokens=4))
+    assert answered.error is None and answered.text == "negative"
 
 
 def test_client_errors_are_not_retried(server: FaultServer) -> None:
@@ -183,3 +185,62 @@ def test_the_api_key_is_sent_but_never_written_or_logged(
     for path in [*out.rglob("*"), *promptmii_home.rglob("*")]:
         if path.is_file() and not path.is_symlink() and "models" not in path.parts:
             assert SECRET.encode() not in path.read_bytes(), path
+
+
+def test_a_dead_server_stops_the_run_in_seconds_with_one_line(server: FaultServer) -> None:
+    follower = backend(server, retries=5)
+    server.close()  # the server dies mid-run: connections are refused
+    start = time.perf_counter()
+    with pytest.raises(BackendError, match=r"cannot reach the OpenAI-compatible server at http://127\.0\.0\.1:\d+/v1"):
+        follower.generate([chat(), chat("I hate it")], GenParams(max_tokens=4))
+    assert time.perf_counter() - start < 10
+
+
+def test_a_back_off_gives_up_its_concurrency_slot(server: FaultServer) -> None:
+    server.faults = [("status", 429, {"Retry-After": "1"})]  # the first request is throttled for a second
+    follower = backend(server, concurrency=1)
+    generations = follower.generate([chat("I love it"), chat("I hate it")], GenParams(max_tokens=4))
+    assert [g.text for g in generations] == ["positive", "negative"]
+    order = [query_input(r["body"]["messages"]) for r in server.chat_requests()]
+    assert order == ["I love it", "I hate it", "I love it"]  # the second went while the first waited
+
+
+def test_retry_after_is_honoured_beyond_the_exponential_cap() -> None:
+    from promptmii.backends.openai import MAX_RETRY_AFTER, _retry_after
+
+    class Response:
+        def __init__(self, value: str) -> None:
+            self.headers = {"retry-after": value}
+
+    assert _retry_after(Response("90")) == 90.0
+    assert _retry_after(Response("3600")) == MAX_RETRY_AFTER < 3600
+
+
+def test_the_cache_identity_follows_the_served_weights_not_the_name(
+    server: FaultServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    server.model_info = {"test-model": {"root": "/weights/a", "created": 1}}
+    first = backend(server)
+    server.model_info = {"test-model": {"root": "/weights/a", "created": 2}}  # vLLM: the time of the request
+    assert backend(server).model_id == first.model_id
+    server.model_info = {"test-model": {"root": "/weights/b"}}  # other weights, same name
+    assert backend(server).model_id != first.model_id
+    server.model_info = {}
+    with caplog.at_level(logging.WARNING):
+        bare = backend(server)
+    assert "add revision=" in caplog.text
+    assert backend(server, revision="v2").model_id not in (bare.model_id, first.model_id)
+
+
+def test_a_key_pasted_into_the_spec_is_redacted_everywhere(server: FaultServer, tmp_path: Path) -> None:
+    corpus, out = sentiment_corpus(tmp_path / "corpus"), tmp_path / "out"
+    url = server.url.replace("http://", f"http://user:{SECRET}@")
+    args = ["eval", "--tasks", str(corpus), "--methods", "naive", "--n", "4", "--m", "10"]
+    result = CliRunner().invoke(main, [*args, "--follower", f"openai:test-model@{url}", "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert SECRET not in result.output
+    for path in out.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+    [row, _] = read_results(out / "results.jsonl")
+    assert row.config["follower"] == f"openai:test-model@{server.url.replace('http://', 'http://***@')}"

@@ -91,3 +91,35 @@ def test_extract_instruction(reply: str, expected: str) -> None:
 @given(st.text())
 def test_extract_instruction_never_raises(reply: str) -> None:
     assert isinstance(extract_instruction(reply), str)
+
+
+EMOTICONS = [":)", ":(", "yes", "yes!"]
+
+
+@pytest.mark.parametrize(
+    ("reply", "expected"),
+    [
+        (":)", ":)"),
+        (":(", ":("),
+        ("  :(\n", ":("),
+        ("yes", "yes"),
+        ("YES!", "yes!"),
+        ("**:)**", INVALID),  # both emoticons lose everything to the formatting strip: not guessed
+        ("Yes.", INVALID),  # "yes" or "yes!"? only an exact reply tells
+    ],
+)
+def test_labels_that_differ_only_in_punctuation_stay_distinct(reply: str, expected: str) -> None:
+    assert parse_label(reply, EMOTICONS) == expected
+
+
+@given(
+    st.lists(
+        st.text(min_size=1).filter(str.strip),
+        min_size=2,
+        max_size=6,
+        unique_by=lambda t: " ".join(t.split()).casefold(),
+    )
+)
+def test_every_label_written_exactly_is_itself(labels: list[str]) -> None:
+    for label in labels:
+        assert parse_label(label, labels) == label

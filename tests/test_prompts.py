@@ -49,3 +49,18 @@ def test_unknown_template_suggests_the_close_one() -> None:
 def test_texts_with_braces_survive_the_template() -> None:
     [message] = prompts.meta_prompt(prompts.meta_template("terse"), [Example("a {labels} b", "x")], ("x", "y"))
     assert "Input: a {labels} b" in message["content"]
+
+
+def test_a_label_naming_a_placeholder_is_not_expanded() -> None:
+    examples = [Example("great film", "{examples}"), Example("dull film", "{labels}")]
+    [message] = prompts.meta_prompt(prompts.meta_template("terse"), examples, ("{examples}", "{labels}"))
+    assert message["content"].count("Input: great film") == 1
+    assert "{examples}, {labels}" in message["content"] and "Label: {examples}" in message["content"]
+
+
+def test_fit_examples_drops_the_longest_first_and_keeps_the_order() -> None:
+    examples = [Example("a " * n, str(n)) for n in (3, 9, 1, 7, 2)]
+    words = lambda kept: sum(len(e.text.split()) for e in kept)  # noqa: E731
+    assert [e.label for e in prompts.fit_examples(examples, lambda kept: words(kept) <= 13)] == ["3", "1", "7", "2"]
+    assert [e.label for e in prompts.fit_examples(examples, lambda kept: words(kept) <= 6)] == ["3", "1", "2"]
+    assert prompts.fit_examples(examples, lambda kept: words(kept) <= 0) == []

@@ -79,6 +79,8 @@ def write_report(results: list[Path], out: Path, *, bins: Path | None = None) ->
     rows, repeats = load_rows(results)
     for module in ("matplotlib", "scipy"):  # before writing anything, so a missing extra leaves no half report
         require(module, "report", "promptmii report")
+    failed = [row for row in rows if row.failed]
+    rows = [row for row in rows if not row.failed]  # a failed row's numbers are not results: listed, never averaged
     bin_of = read_bins(bins) if bins is not None else None  # before writing anything: bad input fails cleanly
     out.mkdir(parents=True, exist_ok=True)
     groups = group(rows)
@@ -87,6 +89,8 @@ def write_report(results: list[Path], out: Path, *, bins: Path | None = None) ->
     for follower in followers:
         names.update(arm_names([arm for arm in groups if arm.follower == follower]))
     parts = [_header(results, rows, repeats, groups, names, followers)]
+    if failed:
+        parts.append(_failed_section(failed))
     for follower in followers:
         mine = {arm: by_task for arm, by_task in groups.items() if arm.follower == follower}
         if len(followers) == 1:
@@ -113,6 +117,8 @@ def load_rows(results: list[Path]) -> tuple[list[Result], int]:
             rows[row.key] = row
     if not rows:
         raise PromptMIIError(f"{', '.join(map(str, results))}: no result rows")
+    if all(row.failed for row in rows.values()):
+        raise PromptMIIError(f"{', '.join(map(str, results))}: every row failed; nothing to report")
     return list(rows.values()), repeats
 
 
@@ -337,6 +343,18 @@ def _save(plt: Any, fig: Any, path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- report.md
+
+
+def _failed_section(failed: list[Result]) -> str:
+    """The rows whose calls failed: named with their error, left out of every table below."""
+    table = Table(
+        ["task", "method", "n_shots", "follower", "error"],
+        [[r.task, r.method, r.n_shots, r.follower, r.error] for r in failed],
+    )
+    return (
+        f"## Failed rows\n\n{len(failed)} rows failed and are left out of every table and mean below; run their "
+        f"command again to compute them.\n\n{table.markdown()}"
+    )
 
 
 def _header(

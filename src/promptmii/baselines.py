@@ -70,6 +70,7 @@ class Prefix:
     warnings: tuple[str, ...] = field(default=())
     spend: Spend = field(default_factory=Spend)  # LLM calls made to write the prefix (none for naive and icl)
     search: SearchOutcome | None = None
+    failure: str | None = None  # why there is no usable prefix (a failed or empty generator reply): a failed row
 
 
 def build_prefix(
@@ -110,11 +111,22 @@ def build_prefix(
             run_dir=search_dir,
             quiet=quiet,
         )
-        return Prefix(outcome.instruction, len(shots), spend=outcome.spend, search=outcome)
+        failure = None if outcome.instruction.strip() else "the search found no non-empty instruction"
+        return Prefix(outcome.instruction, len(shots), spend=outcome.spend, search=outcome, failure=failure)
     instruction = induce(shots, labels, generator, induce_config or InduceConfig(), template=template)
-    warnings = (f"generator call failed: {instruction.error}",) if instruction.error else ()
-    if not instruction.text and not instruction.error:
-        warnings = ("the generator wrote an empty instruction",)
+    warnings = []
+    if instruction.n_examples < len(shots):
+        warnings.append(
+            f"the meta-prompt with {len(shots)} examples does not fit the generator's context of "
+            f"{generator.context_length} tokens; showed {instruction.n_examples} (the longest left out)"
+        )
+    failure = (
+        f"generator call failed: {instruction.error}"
+        if instruction.error
+        else "the generator wrote an empty instruction"
+        if not instruction.text.strip()
+        else None
+    )
     spend = Spend(
         generator_calls=1,
         generator_prompt_tokens=instruction.prompt_tokens,
@@ -122,28 +134,26 @@ def build_prefix(
         cache_hits=int(instruction.cached),
         seconds=instruction.seconds,
     )
-    return Prefix(instruction.text, len(shots), instruction, warnings, spend)
+    return Prefix(instruction.text, instruction.n_examples, instruction, tuple(warnings), spend, failure=failure)
 
 
 def _icl_prefix(shots: list[Example], labels: tuple[str, ...], follower: Backend, longest_input: str) -> Prefix:
-    """ICL shots, dropping trailing shots (and saying so) until the longest query fits the context.
+    """ICL shots, leaving out the longest (and saying so) until the longest query fits the context.
 
-    The reference lowers n the same way and records `actual_n` (its `ContextLengthManager`); we also warn.
+    The reference lowers n the same way and records `actual_n` (its `ContextLengthManager`); we drop the
+    longest shots first, the rule the meta-prompt uses too (prompts.fit_examples), and warn.
     """
 
-    def fits(k: int) -> bool:
-        chat = prompts.follower_prompt(prompts.icl_prefix(shots[:k]), labels, longest_input)
+    def fits(kept: list[Example]) -> bool:
+        chat = prompts.follower_prompt(prompts.icl_prefix(kept), labels, longest_input)
         return follower.count_tokens(chat) + FOLLOWER_MAX_TOKENS <= follower.context_length
 
-    if fits(len(shots)):
+    kept = prompts.fit_examples(shots, fits)  # no shots always fits: the inputs were checked against the context
+    if len(kept) == len(shots):
         return Prefix(prompts.icl_prefix(shots), len(shots))
-    low, high = 0, len(shots)  # fits(low) is assumed: the inputs were checked against the context
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (middle, high) if fits(middle) else (low, middle)
     warning = (
         f"icl:{len(shots)} does not fit the follower's context of {follower.context_length} tokens; "
-        f"used the first {low} shots"
+        f"used {len(kept)} shots (the longest left out)"
     )
     log.warning(warning)
-    return Prefix(prompts.icl_prefix(shots[:low]), low, warnings=(warning,))
+    return Prefix(prompts.icl_prefix(kept), len(kept), warnings=(warning,))

@@ -59,7 +59,9 @@ class CachedBackend:
         self.backend = backend
         self.model_id = backend.model_id
         self.context_length = backend.context_length
-        self._kind = type(backend).__name__
+        # The backend's class, seen through another cache: a search journal wraps the run's cache, or
+        # the backend itself under --no-cache, and both must find the same journal rows.
+        self._kind = backend._kind if isinstance(backend, CachedBackend) else type(backend).__name__
         self.score_hits = 0  # label scorings answered from the cache (Generation.cached covers the rest)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(str(path))

@@ -18,6 +18,7 @@ from typing import Any
 import click
 
 from promptmii import metaprompts, models, prompts
+from promptmii.backends import redact
 from promptmii.classify import OUTPUT_FORMATS, ClassifyConfig, classify
 from promptmii.corpus import BuildConfig
 from promptmii.data import Task, draw, load_tasks
@@ -42,6 +43,7 @@ TABLE_COLUMNS = (
     ("prompt_tokens_per_query", "tokens/query", "{:.0f}"),
     ("llm_calls", "LLM calls", "{:.0f}"),
     ("seconds", "seconds", "{:.1f}"),
+    ("status", "status", "{}"),
 )
 
 
@@ -175,19 +177,21 @@ def induce_cmd(
             instruction = induce(shots, task.labels, backends.get(role), config.induce_config)
             if instruction.error:
                 raise PromptMIIError(f"the generator call failed: {instruction.error}")
+            if not instruction.text.strip():
+                raise PromptMIIError("the generator wrote an empty instruction; try another --template or model")
             saved = _instruction_file(task, config, backends, role, instruction.text, []).save(directory)
             click.echo(instruction.text)
             click.echo(f"\ninstruction: {saved}", err=True)
             return
         out = ResultsDir(directory)
         run_eval([task], config, out, backends=backends, quiet=quiet)
-        rows = _requested_rows(out, result_keys([task], config, backends))
+        rows = _requested_rows(out, result_keys([task], config, backends, out))
         fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
         _emit(rows, fmt, show_task=False)
         method = "promptmii" if config.generator else "promptmii-zero"
         instruction = next((r.instruction for r in rows if r.method == method), None)
         if fmt == "table" and instruction is not None:
-            click.echo(f"\nInstruction ({config.generator or config.base_generator}):\n\n{instruction}")
+            click.echo(f"\nInstruction ({redact(config.generator or config.base_generator)}):\n\n{instruction}")
         click.echo(f"\nrows: {out.results_path}  samples: {out.samples_path}", err=True)
         if instruction:
             saved = _instruction_file(task, config, backends, role, instruction, rows).save(directory)
@@ -304,14 +308,16 @@ def eval_cmd(
         out = ResultsDir(Path(output))
         backends = Backends(config)
         run_eval(tasks, config, out, backends=backends, quiet=quiet)
-        rows = _requested_rows(out, result_keys(tasks, config, backends))
+        rows = _requested_rows(out, result_keys(tasks, config, backends, out))
         fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
         _emit(rows, fmt, show_task=True)
         if fmt == "table" and len(tasks) > 1:
             click.echo("\nMean over tasks:")
             click.echo(
                 format_table(
-                    mean_by_method(rows), [c for c in TABLE_COLUMNS if c[0] != "task"] + [("tasks", "tasks", "{}")]
+                    mean_by_method(rows),
+                    [c for c in TABLE_COLUMNS if c[0] not in ("task", "status")]
+                    + [("tasks", "tasks", "{}"), ("failed", "failed", "{}")],
                 )
             )
 
@@ -573,14 +579,26 @@ def _instruction_file(
 
 
 def _requested_rows(out: ResultsDir, keys: list[tuple[str, str, str]]) -> list[Result]:
-    """This command's rows (tasks x methods, same models and settings), computed now or found done."""
+    """This command's rows (tasks x methods, same models and settings), computed now or found done.
+
+    Of several rows under one key (a failed row, then its retry) the last is the one that counts.
+    """
     by_key = {row.key: row for row in read_results(out.results_path)}
     return [by_key[key] for key in keys if key in by_key]
 
 
 def _emit(rows: list[Result], fmt: str, *, show_task: bool) -> None:
+    """The rows on stdout; in a table a failed row shows FAILED and no numbers, and its error goes to stderr."""
     columns = [c for c in TABLE_COLUMNS if show_task or c[0] != "task"]
-    click.echo(_render([asdict(r) for r in rows], fmt, columns))
+    shown = [asdict(r) for r in rows]
+    if fmt in ("table", "csv"):
+        hidden = ("macro_f1", "accuracy", "invalid_rate")
+        shown = [{**row, **dict.fromkeys(hidden)} if row["status"] != "done" else row for row in shown]
+        shown = [{**row, "status": row["status"].upper() if row["status"] != "done" else "ok"} for row in shown]
+    click.echo(_render(shown, fmt, columns))
+    for r in rows:
+        if r.failed:
+            click.echo(f"failed: {r.task} {r.method}: {r.error} (run the same command again to retry)", err=True)
 
 
 def _render(rows: list[dict[str, Any]], fmt: str, columns: list[tuple[str, str, str]]) -> str:

@@ -8,6 +8,8 @@ of a task never share one; and the train/validation/test split made by dataset *
 of a dataset, and datasets sharing any text) instead of by config, so no meta-test text is seen in
 meta-training. Each (dataset, config) is decided once and appended to out/build_log.jsonl at once, so a
 killed build resumes where it stopped; tasks.jsonl is written last, so its presence means a build ended.
+A load that fails for a reason that may pass (no network, a timeout, the hub answering 5xx or 429) or
+a failed labeler call is not a decision: it is left out of the log and tried again by the next run.
 
 Local sources, and what a "config" is there:
 - a data file (.parquet .csv .tsv .jsonl .json) or a `save_to_disk` directory is one dataset;
@@ -27,7 +29,7 @@ import random
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from itertools import chain, islice
 from pathlib import Path
 from typing import Any
@@ -132,6 +134,38 @@ class Sample:
     license: str | None = None
 
 
+# What a transient fault looks like, on an exception or in its chain (requests, httpx, urllib3, the hub).
+TRANSIENT_ERRORS = {
+    "ConnectionError", "ConnectTimeout", "ReadTimeout", "Timeout", "ProxyError", "RemoteDisconnected",
+    "ChunkedEncodingError", "ProtocolError", "ConnectError", "ReadError", "RemoteProtocolError", "NewConnectionError",
+    "MaxRetryError",
+}  # fmt: skip
+# The same in a "load failed" reason an older build logged as a skip: such entries are tried again.
+TRANSIENT_REASON = re.compile(
+    r"ConnectionError|ConnectTimeout|ReadTimeout|timed out|Max retries exceeded|Temporary failure in name resolution"
+    r"|\b(?:429|50[0234])\b.*(?:Error|error)|Too Many Requests|Service Unavailable|Bad Gateway"
+)
+
+
+class Deferred(Exception):  # noqa: N818 (a decision put off, not an error: it never leaves build_corpus)
+    """A (dataset, config) that could not be decided for a reason that may pass: not logged, tried again."""
+
+
+def transient(error: BaseException) -> bool:
+    """A fault of the network or the server, not of the dataset (so skipping it for good would be wrong)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ConnectionError | TimeoutError) or type(current).__name__ in TRANSIENT_ERRORS:
+            return True
+        status = getattr(getattr(current, "response", None), "status_code", None)
+        if isinstance(status, int) and (status >= 500 or status == 429):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 class Skip(Exception):  # noqa: N818 (a decision, not an error: it never leaves build_corpus)
     """Why a (dataset, config) is left out; `kind` groups reasons in the summary."""
 
@@ -152,6 +186,7 @@ class BuildSummary:
     skip_kinds: dict[str, int]
     splits: dict[str, int]  # split -> tasks
     families: dict[str, int]  # split -> families
+    deferred: int = 0  # (dataset, config) pairs a transient fault kept undecided: the next run tries them
 
     def __str__(self) -> str:
         lines = [
@@ -163,6 +198,10 @@ class BuildSummary:
             width = max(len(kind) for kind in self.skip_kinds) + 2
             lines.append("skipped because")
             lines += [f"  {kind:<{width}}{n:>5}" for kind, n in sorted(self.skip_kinds.items(), key=lambda kv: -kv[1])]
+        if self.deferred:
+            lines.append(
+                f"{self.deferred} not decided: a transient fault (network, server); run the same command again to retry"
+            )
         return "\n".join(lines)
 
 
@@ -188,17 +227,22 @@ def build_corpus(
     local = [source for item in sources if item != "hub" for source in local_sources(Path(item), config.max_configs)]
     (out / "instances").mkdir(parents=True, exist_ok=True)
     _check_settings(out, config)
-    decided = _read_log(out / LOG_FILE)
+    decided = {key: line for key, line in _read_log(out / LOG_FILE).items() if not _logged_transient(line)}
     taken = {line["task_id"] for line in decided.values() if line["task_id"]}
     candidates: Iterable[Source] = local
     if "hub" in sources:
         candidates = chain(local, hub_sources(config.hub_limit, config.max_configs))
-    decided_now = 0
+    decided_now = deferred = 0
     for source in tqdm(candidates, desc="corpus", unit="config", disable=quiet):
         key = (source.dataset, source.config)
         if key in decided:
             continue
-        line = decide(source, out, config, labeler, taken)
+        try:
+            line = decide(source, out, config, labeler, taken)
+        except Deferred as e:
+            deferred += 1
+            log.warning("%s %s: not decided (%s); the next run tries it again", source.dataset, source.config or "", e)
+            continue
         append_lines(out / LOG_FILE, [line])
         decided[key] = line
         decided_now += 1
@@ -208,7 +252,7 @@ def build_corpus(
     records = assign_splits(records, out, config)
     atomic_write(out / SETTINGS_FILE, json.dumps(asdict(config), indent=2) + "\n")
     atomic_write(out / "tasks.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
-    return _summarize(out, list(decided.values()), records, decided_now)
+    return replace(_summarize(out, list(decided.values()), records, decided_now), deferred=deferred)
 
 
 def decide(source: Source, out: Path, config: BuildConfig, labeler: Backend | None, taken: set[str]) -> dict:
@@ -223,6 +267,8 @@ def decide(source: Source, out: Path, config: BuildConfig, labeler: Backend | No
         try:
             sample = load_sample(source, draw, config.seed)
         except Exception as e:  # anything a hub dataset throws skips it (as in the reference); the log keeps why
+            if transient(e):  # unless it is the network's or the server's fault: then the next run tries again
+                raise Deferred(f"load failed: {first_line(e)[:300]}") from None
             raise Skip("load failed", f"load failed: {first_line(e)[:300]}") from None
         columns = _find_columns(source, sample, config, labeler)
         task = unique_id(task_id(source.name, source.config), taken)
@@ -372,8 +418,8 @@ def _find_columns(source: Source, sample: Sample, config: BuildConfig, labeler: 
         if labeler is None:
             raise Skip(e.kind, e.reason) from None
     [generation] = labeler.generate([labeler_prompt(source.name, source.config, sample.rows)], LABELER_PARAMS)
-    if generation.error:
-        raise Skip("labeler failed", f"labeler failed: {generation.error}")
+    if generation.error:  # the labeler's server, not the dataset: decided by the next run
+        raise Deferred(f"labeler failed: {generation.error}")
     text, label = parse_labeler_reply(generation.text, list(sample.rows[0]))
     return Columns(text, label, f"llm:{labeler.model_id}")
 
@@ -600,6 +646,13 @@ def _check_settings(out: Path, config: BuildConfig) -> None:
         raise DataError(
             f"{out}: was built with {', '.join(changed)}; resume with the same settings or use a new output directory"
         )
+
+
+def _logged_transient(line: dict) -> bool:
+    """A "load failed" skip an older build logged for what was a transient fault: undecided after all."""
+    return (
+        line["status"] == "skip" and line.get("kind") == "load failed" and bool(TRANSIENT_REASON.search(line["reason"]))
+    )
 
 
 def _summarize(out: Path, lines: list[dict], records: list[dict], decided_now: int) -> BuildSummary:

@@ -9,8 +9,10 @@ works from a local path or the local cache.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
+import logging
 import random
 import re
 from collections import Counter
@@ -20,6 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from promptmii.errors import DataError, first_line, require
+
+log = logging.getLogger(__name__)
 
 # Column names we accept without being told. Order matters: the first match wins.
 TEXT_COLUMNS = ("text", "sentence", "input", "review", "content", "tweet", "utterance", "query", "document")
@@ -123,7 +127,7 @@ def load_corpus(root: Path, *, split: str | None = None, task_ids: list[str] | N
     index = root / "tasks.jsonl"
     if not index.is_file():
         raise DataError(f"{root}: not a corpus directory (no tasks.jsonl) and not a dataset file")
-    records = [json.loads(line) for line in _read_text(index).splitlines() if line.strip()]
+    records = _json_lines(index)
     if split:
         splits = sorted({r.get("split", "") for r in records})
         if split not in splits:
@@ -143,10 +147,15 @@ def load_corpus(root: Path, *, split: str | None = None, task_ids: list[str] | N
             file = root / "instances" / f"{record['id']}.{side}.jsonl"
             if not file.is_file():
                 raise DataError(f"{file}: missing instances file for task '{record['id']}'")
-            rows = [json.loads(line) for line in _read_text(file).splitlines() if line.strip()]
-            sides[side] = tuple(Example(str(r["text"]), str(r["label"])) for r in rows)
-        labels = tuple(str(label) for label in record["labels"])
-        validate_examples(sides["train"] + sides["test"], source=f"{root.name}/{record['id']}", labels=labels)
+            rows = _json_lines(file)
+            sides[side] = tuple(
+                Example(str(r["text"]), label_text(r["label"], source=str(file), row=i))
+                for i, r in enumerate(rows, start=1)
+            )
+        labels = tuple(label_text(label, source=str(index), row=0) for label in record["labels"])
+        source = f"{root.name}/{record['id']}"
+        sides["train"] = drop_test_texts(sides["train"], sides["test"], source=source)
+        validate_examples(sides["train"] + sides["test"], source=source, labels=labels)
         meta = {k: v for k, v in record.items() if k not in ("id", "labels", "split")}
         tasks.append(Task(record["id"], labels, sides["train"], sides["test"], record.get("split", ""), meta))
     return tasks
@@ -182,21 +191,55 @@ def _parse_rows(path: Path, text: str) -> list[dict[str, Any]]:
     if suffix in (".jsonl", ".json"):
         stripped = text.lstrip()
         if suffix == ".json" and stripped.startswith("["):
-            rows = json.loads(stripped)
+            try:
+                rows = json.loads(stripped)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}: not valid JSON at line {e.lineno}, column {e.colno} ({e.msg})") from None
         else:
-            rows = []
-            for number, line in enumerate(text.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"{path}: line {number} is not valid JSON ({e.msg})") from None
+            rows = _json_lines(path, text)
         if not all(isinstance(r, dict) for r in rows):
             raise DataError(f'{path}: every JSON line must be an object like {{"text": ..., "label": ...}}')
         return rows
-    dialect = csv.excel_tab if suffix == ".tsv" else csv.excel
-    return list(csv.DictReader(io.StringIO(text), dialect=dialect))
+    return _csv_rows(path, text, csv.excel_tab if suffix == ".tsv" else csv.excel)
+
+
+def _json_lines(path: Path, text: str | None = None) -> list[Any]:
+    """The values of a JSONL file, or one line that names the first line that is not JSON."""
+    rows = []
+    for number, line in enumerate((_read_text(path) if text is None else text).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: line {number} is not valid JSON ({e.msg})") from None
+    return rows
+
+
+def _csv_rows(path: Path, text: str, dialect: type[csv.Dialect]) -> list[dict[str, Any]]:
+    """CSV rows as dicts; an unclosed quote or a row with the wrong number of fields is one clear line.
+
+    Python's csv reader, left lenient, lets an unclosed quote swallow the rest of the file into one
+    field; strict mode stops at it, and we say where.
+    """
+    reader = csv.reader(io.StringIO(text), dialect=dialect, strict=True)
+    try:
+        header = next(reader, None)
+        rows = []
+        for record in reader:
+            if not record:
+                continue
+            if len(record) != len(header or []):
+                raise DataError(
+                    f"{path}: line {reader.line_num} has {len(record)} fields, the header has {len(header or [])} "
+                    "(a stray separator or quote?)"
+                )
+            rows.append(dict(zip(header or [], record, strict=True)))
+    except csv.Error as e:
+        raise DataError(
+            f'{path}: bad CSV at line {reader.line_num} ({e}); an unclosed quote " swallows the lines after it'
+        ) from None
+    return rows
 
 
 def rows_to_examples(
@@ -207,15 +250,36 @@ def rows_to_examples(
     text_cols, label_col = list(columns.text), columns.label
     examples = []
     for number, row in enumerate(rows, start=1):
-        label = row.get(label_col)
-        if label is None or str(label).strip() == "":
-            raise DataError(f"{source}: row {number} has an empty label in column '{label_col}'")
+        label = label_text(row.get(label_col), source=source, row=number, column=label_col)
         values = [str(row.get(c) or "") for c in text_cols]
         text = values[0] if len(values) == 1 else join_fields(list(zip(text_cols, values, strict=True)))
         if not text.strip():
             raise DataError(f"{source}: row {number} has an empty text in column '{', '.join(text_cols)}'")
-        examples.append(Example(text, str(label).strip()))
+        examples.append(Example(text, label))
     return examples
+
+
+def label_text(value: Any, *, source: str, row: int, column: str = "label") -> str:
+    """A label as the text the follower must answer with; one rule for every JSON type.
+
+    Labels are strings. A JSON number or boolean becomes its JSON text, with integral floats written
+    as integers, so 1, 1.0 and "1" are one label "1" and true and "true" are one label "true". Lists,
+    objects and empty values are refused.
+    """
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    elif isinstance(value, float) and value.is_integer():
+        value = str(int(value))
+    elif isinstance(value, int | float):
+        value = json.dumps(value)
+    elif value is not None and not isinstance(value, str):
+        raise DataError(
+            f"{source}: row {row} has a {type(value).__name__} as its label in column '{column}'; "
+            "a label is one string or number"
+        )
+    if value is None or value.strip() == "":
+        raise DataError(f"{source}: row {row} has an empty label in column '{column}'")
+    return value.strip()
 
 
 def join_fields(fields: list[tuple[str, str]]) -> str:
@@ -376,6 +440,12 @@ def load_hf_task(
     ).label
     feature = loaded.features.get(label_col)
     if isinstance(feature, datasets.ClassLabel):
+        unlabelled = [i for i, r in enumerate(rows, start=1) if r[label_col] is None or r[label_col] < 0]
+        if unlabelled:
+            raise DataError(
+                f"{name}: {len(unlabelled)} of {len(rows)} rows are unlabelled (ClassLabel -1, first: row "
+                f"{unlabelled[0]}), as in a benchmark's hidden test split; use a labelled split or drop them"
+            )
         rows = [{**r, label_col: feature.int2str(r[label_col])} for r in rows]
     examples = rows_to_examples(rows, source=name, text_col=text_col, label_col=label_col)
     task_id = path.name if path.exists() else name.replace("/", "__").replace(":", "__")
@@ -402,7 +472,11 @@ def split_task(
     seed: int,
     labels: tuple[str, ...] | None = None,
 ) -> Task:
-    """Seeded split of one pool of rows into a train side and `test_size` held-out rows."""
+    """Seeded split of one pool of rows into a train side and `test_size` held-out rows.
+
+    A text that occurs more than once is kept once (its first row), so no text is both shown and scored.
+    """
+    examples = unique_texts(examples, source=source)
     if len(examples) < test_size + min_train:
         raise DataError(
             f"{source}: {len(examples)} rows, but n={min_train} shown examples + m={test_size} held-out rows "
@@ -413,6 +487,46 @@ def split_task(
     shuffled = list(examples)
     random.Random(f"{seed}/{task_id}/split").shuffle(shuffled)
     return Task(task_id, labels, tuple(shuffled[test_size:]), tuple(shuffled[:test_size]), meta={"source": source})
+
+
+def unique_texts(examples: list[Example], *, source: str) -> list[Example]:
+    """The first row of each distinct text; a warning counts the repeats dropped."""
+    seen: dict[str, str] = {}
+    kept = []
+    for e in examples:
+        if e.text not in seen:
+            seen[e.text] = e.label
+            kept.append(e)
+    dropped = len(examples) - len(kept)
+    if dropped:
+        conflicting = sum(seen[e.text] != e.label for e in examples)
+        log.warning(
+            "%s: dropped %d rows whose text repeats an earlier row (%d of them with another label), so no text is "
+            "both shown and scored",
+            source,
+            dropped,
+            conflicting,
+        )
+    return kept
+
+
+def drop_test_texts(train: tuple[Example, ...], test: tuple[Example, ...], *, source: str) -> tuple[Example, ...]:
+    """The train side without rows whose text is also a test row (a shot must never be a scored row)."""
+    scored = {e.text for e in test}
+    kept = tuple(e for e in train if e.text not in scored)
+    if len(kept) != len(train):
+        log.warning(
+            "%s: dropped %d train rows whose text is also a test row, so no text is both shown and scored",
+            source,
+            len(train) - len(kept),
+        )
+    return kept
+
+
+def task_hash(task: Task) -> str:
+    """sha256 (16 hex) of a task's labels and its rows, both sides, in order: changed data, new hash."""
+    payload = [list(task.labels), [[e.text, e.label] for e in task.train], [[e.text, e.label] for e in task.test]]
+    return hashlib.sha256(json.dumps(payload, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def clashing_labels(labels: tuple[str, ...] | list[str]) -> list[str]:

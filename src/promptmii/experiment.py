@@ -4,6 +4,12 @@ This is `promptmii eval` and the scoring half of `promptmii induce`. For each ta
 shown examples and m test examples once (seeded), so every method sees the same rows, then asks each
 method for its prefix and the follower for its answers. Rows already in results.jsonl are skipped,
 so a killed run loses at most the (task, method) it was on.
+
+A row is keyed by its task, method and fingerprint: the settings that decide its numbers and a hash
+of the task's data, so a changed file is computed again and an unchanged one reused. A failed row (a
+generator or follower call that failed, an empty instruction) is written as failed and computed
+again by the next run. Any failed follower call fails the row: INVALID must only ever mean that the
+follower answered something that is not a label, never that it could not be asked.
 """
 
 from __future__ import annotations
@@ -14,18 +20,30 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
 from promptmii import metaprompts, models, prompts
-from promptmii.backends import Backend, get_backend
+from promptmii.backends import Backend, get_backend, redact
 from promptmii.baselines import METHOD_HELP, Method, build_prefix, parse_method
 from promptmii.cache import CachedBackend
-from promptmii.data import Task, draw
+from promptmii.data import Task, draw, task_hash
 from promptmii.errors import PromptMIIError
-from promptmii.evaluate import DECODING, check_inputs_fit, run_follower
+from promptmii.evaluate import DECODING, FollowerRun, check_inputs_fit, run_follower
 from promptmii.induce import InduceConfig
-from promptmii.results import Result, ResultsDir, Sample, fingerprint, git_sha, new_run_id, promptmii_version
+from promptmii.metrics import Scores
+from promptmii.results import (
+    DONE,
+    FAILED,
+    Result,
+    ResultsDir,
+    Sample,
+    fingerprint,
+    git_sha,
+    new_run_id,
+    promptmii_version,
+)
 from promptmii.search import SEARCH_METHODS, SearchConfig, require_gepa
 
 log = logging.getLogger(__name__)
@@ -138,40 +156,83 @@ class Backends:
 def run_eval(
     tasks: list[Task], config: EvalConfig, out: ResultsDir, *, backends: Backends | None = None, quiet: bool = False
 ) -> list[Result]:
-    """Evaluate every method on every task; return the rows written in this call."""
+    """Evaluate every method on every task; return the rows written in this call (failed ones included)."""
     backends = backends or Backends(config)
-    done = out.done_keys()
     run_id = new_run_id()
     sha = git_sha()
     written = []
-    keys = result_keys(tasks, config, backends)
-    skipped = sum(key in done for key in keys)
-    with tqdm(total=len(keys), initial=skipped, desc="tasks x methods", disable=quiet, unit="run") as bar:
-        for task in tasks:
-            for result, samples in _evaluate_task(task, config, backends, done, out.directory, quiet):
-                result = _stamp(result, run_id, sha)
-                out.append(result, [_stamp_sample(s, run_id) for s in samples])
-                written.append(result)
-                bar.update(1)
-                bar.set_postfix_str(f"{task.id} {result.method} F1={result.macro_f1:.3f}")
+    with out.lock():
+        keys = result_keys(tasks, config, backends, out)
+        done = out.done_keys()
+        skipped = sum(key in done for key in keys)
+        with tqdm(total=len(keys), initial=skipped, desc="tasks x methods", disable=quiet, unit="run") as bar:
+            for i, task in enumerate(tasks):
+                mine = keys[i * len(config.parsed_methods) : (i + 1) * len(config.parsed_methods)]
+                for result, samples in _evaluate_task(task, config, backends, mine, done, out.directory, quiet):
+                    result = _stamp(result, run_id, sha)
+                    out.append(result, [_stamp_sample(s, run_id) for s in samples])
+                    written.append(result)
+                    bar.update(1)
+                    shown = "FAILED" if result.failed else f"F1={result.macro_f1:.3f}"
+                    bar.set_postfix_str(f"{task.id} {result.method} {shown}")
+    failed = [r for r in written if r.failed]
+    if failed:
+        log.warning(
+            "%d of %d rows failed (first: %s %s: %s); run the same command again to retry them",
+            len(failed),
+            len(written),
+            failed[0].task,
+            failed[0].method,
+            failed[0].error,
+        )
     return written
 
 
-def result_keys(tasks: list[Task], config: EvalConfig, backends: Backends) -> list[tuple[str, str, str]]:
-    """The done-keys (task, method, fingerprint) of the rows this config asks for, tasks-major order."""
-    return [(t.id, m.spec, _fingerprint(m, config, backends)) for t in tasks for m in config.parsed_methods]
+def result_keys(
+    tasks: list[Task], config: EvalConfig, backends: Backends, out: ResultsDir | None = None
+) -> list[tuple[str, str, str]]:
+    """The keys (task, method, fingerprint) of the rows this config asks for, tasks-major order.
+
+    A done row from before schema 4 has a fingerprint without the data hash; given `out`, it keeps its
+    old key (and stays done) while the rows it scored, in samples.jsonl, are the rows this data scores.
+    """
+    keys, old_keys = [], {}
+    for task in tasks:
+        data = task_hash(task)
+        for method in config.parsed_methods:
+            keys.append((task.id, method.spec, _fingerprint(method, config, backends, data)))
+            old_keys[len(keys) - 1] = (task.id, method.spec, _fingerprint(method, config, backends, None))
+    if out is None:
+        return keys
+    done = out.done_keys()
+    legacy = {i: old for i, old in old_keys.items() if keys[i] not in done and old in done}
+    if legacy:
+        scored = out.samples_of(set(legacy.values()))
+        tests = {t.id: [(e.text, e.label) for e in draw(t, 0, config.m, config.seed)[1]] for t in tasks}
+        for i, old in legacy.items():
+            if scored.get(old) == tests[old[0]]:
+                keys[i] = old
+            else:
+                log.info("%s %s: its row predates data hashes and its scored rows differ: computing it again", *old[:2])
+    return keys
 
 
 def _evaluate_task(
-    task: Task, config: EvalConfig, backends: Backends, done: set[tuple], directory: Path, quiet: bool
+    task: Task,
+    config: EvalConfig,
+    backends: Backends,
+    keys: list[tuple[str, str, str]],
+    done: set[tuple],
+    directory: Path,
+    quiet: bool,
 ) -> Iterator[tuple[Result, list[Sample]]]:
     follower = backends.get("follower")
     todo = []
-    for method in config.parsed_methods:
-        if (task.id, method.spec, _fingerprint(method, config, backends)) in done:
+    for method, key in zip(config.parsed_methods, keys, strict=True):
+        if key in done:
             log.info("skip %s %s: already in results", task.id, method.spec)
         else:
-            todo.append(method)
+            todo.append((method, key[2]))
     if not todo:
         return
     shots, test = draw(task, config.max_shots, config.m, config.seed)
@@ -180,11 +241,11 @@ def _evaluate_task(
     )
     check_inputs_fit(follower, task.id, task.labels, test)
     longest_input = max((e.text for e in test), key=len)
-    for method in todo:
+    data = task_hash(task)
+    for method, fp in todo:
         start = time.perf_counter()
         role = GENERATOR_ROLE.get(method.name)
         generator = backends.get(role) if role else None
-        fp = _fingerprint(method, config, backends)
         prefix = build_prefix(
             method,
             shots[: method.n_shots(config.n)],
@@ -198,21 +259,25 @@ def _evaluate_task(
             search_dir=directory / "search" / f"{task.id}.{method.spec}.{fp}",
             quiet=quiet,
         )
-        run = run_follower(
-            follower,
-            prefix.text,
-            task.labels,
-            test,
-            decoding=config.decoding,
-            desc=f"{task.id} {method.spec}",
-            quiet=quiet,
-        )
-        failures = sum(e is not None for e in run.errors)
         warnings = list(prefix.warnings) + warnings_m
-        if failures:
-            warnings.append(
-                f"{failures} follower calls failed and scored INVALID (first: {next(e for e in run.errors if e)})"
+        error = prefix.failure
+        if error:  # nothing to score: the follower is not asked, the row is failed
+            run = FollowerRun([], [], [], Scores(0.0, 0.0, 0.0, 0), 0, 0, 0, 0, 0, 0.0)
+        else:
+            run = run_follower(
+                follower,
+                prefix.text,
+                task.labels,
+                test,
+                decoding=config.decoding,
+                desc=f"{task.id} {method.spec}",
+                quiet=quiet,
             )
+            failures = [e for e in run.errors if e is not None]
+            if failures:
+                error = f"{len(failures)} of {len(test)} follower calls failed (first: {failures[0]})"
+        if error:
+            warnings.append(error)
         spend, search = prefix.spend, prefix.search
         result = Result(
             task=task.id,
@@ -238,7 +303,7 @@ def _evaluate_task(
             seconds=round(time.perf_counter() - start, 3),
             instruction=prefix.text if generator else "",
             warnings=warnings,
-            config=json.loads(json.dumps(asdict(config))),  # as a reader of results.jsonl sees it
+            config=written_config(config),
             fingerprint=fp,
             decoding=config.decoding,
             token_counter=follower.token_counter,
@@ -246,11 +311,17 @@ def _evaluate_task(
             search_follower_calls=spend.follower_calls,
             budget_exhausted=search.budget_exhausted if search else False,
             candidates=len(search.candidates) if search else 0,
-            generator_follower=models.trained_for(config.generator) if role == "generator" else None,
+            generator_follower=_redacted(models.trained_for(config.generator)) if role == "generator" else None,
             model_seconds=round(run.seconds + spend.seconds, 3),
             template=prefix.instruction.template if prefix.instruction else None,
             template_sha256=prefix.instruction.template_sha256 if prefix.instruction else None,
+            status=FAILED if error else DONE,
+            error=error,
+            data_hash=data,
         )
+        if error:  # a failed row keeps no samples: its retry writes them, once, under the same key
+            yield result, []
+            continue
         samples = [
             Sample(task.id, method.spec, result.fingerprint, i, e.text, e.label, reply, pred, error)
             for i, (e, reply, pred, error) in enumerate(
@@ -260,10 +331,13 @@ def _evaluate_task(
         yield result, samples
 
 
-def _fingerprint(method: Method, config: EvalConfig, backends: Backends) -> str:
-    """What decides this method's numbers on a task; a row with the same fingerprint is done."""
+def _fingerprint(method: Method, config: EvalConfig, backends: Backends, data: str | None) -> str:
+    """What decides this method's numbers on a task, its data included; a done row with the same one is done.
+
+    `data` is the task's hash (data.task_hash); None gives the fingerprint of rows from before schema 4.
+    """
     role = GENERATOR_ROLE.get(method.name)
-    settings = {
+    settings: dict[str, Any] = {
         "n_shots": method.n_shots(config.n),
         "m": config.m,
         "seed": config.seed,
@@ -282,7 +356,18 @@ def _fingerprint(method: Method, config: EvalConfig, backends: Backends) -> str:
             "template_sha256": template.sha256,
             "max_tokens": config.max_instruction_tokens,
         }
+    if data is not None:
+        settings["data"] = data
     return fingerprint(**settings)
+
+
+def written_config(config: EvalConfig) -> dict[str, Any]:
+    """The config as a row stores it: JSON types, as a reader of results.jsonl sees it, and specs redacted."""
+    return {k: _redacted(v) for k, v in json.loads(json.dumps(asdict(config))).items()}
+
+
+def _redacted(value: Any) -> Any:
+    return redact(value) if isinstance(value, str) else value
 
 
 def _stamp(result: Result, run_id: str, sha: str) -> Result:

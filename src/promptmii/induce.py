@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from promptmii import metaprompts, prompts
 from promptmii.backends import Backend, GenParams
 from promptmii.data import Example
-from promptmii.errors import PromptMIIError
+from promptmii.errors import DataError, PromptMIIError
 from promptmii.parse import extract_instruction
 
 
@@ -45,6 +45,7 @@ class Instruction:
     error: str | None = None
     template: str = ""  # the meta-prompt's name and the sha256 of its text
     template_sha256: str = ""
+    n_examples: int = 0  # examples the meta-prompt showed: fewer than given when they did not fit the context
 
 
 def induce(
@@ -58,12 +59,26 @@ def induce(
     """Write a task instruction from labelled examples with exactly one generator call.
 
     The meta-prompt is `template` when given (a caller that already resolved it, or a tuning
-    candidate), else config.template, else the tuned template registered for the generator.
+    candidate), else config.template, else the tuned template registered for the generator. When the
+    meta-prompt and `max_tokens` exceed the generator's context, the longest examples are left out until
+    it fits (`n_examples` says how many were shown); when not even one fits, it refuses.
     """
     if not examples:
         raise PromptMIIError("induce needs at least one labelled example")
     template = template or metaprompts.resolve(config.template, generator.model_id)
-    chat = prompts.meta_prompt(template.text, examples, labels)
+    limit = generator.context_length - config.max_tokens
+
+    def fits(shown: list[Example]) -> bool:
+        return generator.count_tokens(prompts.meta_prompt(template.text, shown, labels)) <= limit
+
+    shown = prompts.fit_examples(examples, fits)
+    if not shown:
+        raise DataError(
+            f"the meta-prompt with even one example does not fit the generator's context of "
+            f"{generator.context_length} tokens with {config.max_tokens} to generate; shorten the texts or "
+            "lower --max-instruction-tokens"
+        )
+    chat = prompts.meta_prompt(template.text, shown, labels)
     params = GenParams(max_tokens=config.max_tokens, temperature=config.temperature, seed=config.seed)
     [generation] = generator.generate([chat], params)
     return Instruction(
@@ -77,4 +92,5 @@ def induce(
         error=generation.error,
         template=template.name,
         template_sha256=template.sha256,
+        n_examples=len(shown),
     )

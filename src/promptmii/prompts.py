@@ -15,6 +15,8 @@ Every follower prompt has the same shape (the reference's evaluation prompt), on
 from __future__ import annotations
 
 import difflib
+import re
+from collections.abc import Callable
 from importlib import resources
 
 from promptmii.backends import Chat
@@ -57,9 +59,35 @@ def format_examples(examples: list[Example]) -> str:
 
 
 def meta_prompt(template: str, examples: list[Example], labels: tuple[str, ...] | list[str]) -> Chat:
-    """The generator's prompt: the template filled with the label list and the n examples."""
-    content = template.replace("{labels}", label_list(labels)).replace("{examples}", format_examples(examples))
+    """The generator's prompt: the template filled with the label list and the n examples.
+
+    One pass over the template, so a label or a text that contains "{examples}" or "{labels}" stays as written.
+    """
+    values = {"labels": label_list(labels), "examples": format_examples(examples)}
+    content = re.sub(r"\{(labels|examples)\}", lambda match: values[match.group(1)], template)
     return [{"role": "user", "content": content}]
+
+
+def fit_examples(examples: list[Example], fits: Callable[[list[Example]], bool]) -> list[Example]:
+    """The most examples that `fits`, dropping the longest first; the rest keep their order.
+
+    The one rule for a prompt that must fit a context (ICL shots, the meta-prompt's examples): dropping
+    the longest keeps the most examples, and so the most labels, under the limit. Assumes `fits` is
+    monotone (fewer examples never fit worse); returns [] when even one does not fit.
+    """
+    if fits(examples):
+        return list(examples)
+    by_length = sorted(range(len(examples)), key=lambda i: len(examples[i].text), reverse=True)
+
+    def without(k: int) -> list[Example]:  # the examples minus the k longest
+        dropped = set(by_length[:k])
+        return [e for i, e in enumerate(examples) if i not in dropped]
+
+    low, high = 0, len(examples)  # without(low) does not fit; without(high) = [] is taken to fit
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if fits(without(middle)) else (middle, high)
+    return without(high)
 
 
 def format_constraint(labels: tuple[str, ...] | list[str]) -> str:

@@ -1,20 +1,33 @@
 """The one Result record, its JSONL files, done-keys for resume, and means over rows.
 
-results.jsonl holds one Result per (task, method, n, seed, models), appended and fsynced as soon as it
-is done; samples.jsonl holds the per-example rows. A result row is written after its samples, so a
-row's presence means its samples are complete: on resume, samples without a result row are dropped.
+results.jsonl holds one Result per (task, method, n, seed, models, data), appended and fsynced as soon
+as it is done; samples.jsonl holds the per-example rows. A result row is written after its samples, so
+a row's presence means its samples are complete: on resume, samples without a result row are dropped.
 Tables, plots, bench/ and reports read these files and nothing else.
+
+A row is `done` or `failed`. A failure is never a result: a failed generator call, an empty
+instruction or a failed follower call makes a failed row, which keeps the error, is shown as failed,
+is left out of every mean and is tried again by the next run (only done rows are done-keys).
+
+One process writes a directory at a time (`ResultsDir.lock`, an fcntl lock naming its pid). A line
+cut short by a crash or a full disk is moved aside to results.jsonl.corrupt-<time> with a warning,
+and its row is computed again.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import subprocess
+import tempfile
 import time
 import uuid
-from dataclasses import MISSING, asdict, dataclass, fields
+from collections.abc import Iterator
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -22,9 +35,18 @@ from typing import Any
 from promptmii.errors import PromptMIIError
 from promptmii.metrics import mean
 
-# 2 added the search fields and generator_follower, 3 added model_seconds; older rows read with defaults.
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+log = logging.getLogger(__name__)
+
+# 2 added the search fields and generator_follower, 3 added model_seconds, 4 added status, error and
+# data_hash (a row may be failed; the fingerprint covers the task's data). Older rows read with defaults,
+# their status derived from the warnings they carry (LEGACY_FAILURES).
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
+DONE, FAILED = "done", "failed"
+# Before schema 4 a failure was written as a done row with one of these warnings; reading such a row
+# marks it failed, so means leave it out and the next run computes it again.
+LEGACY_FAILURES = ("generator call failed", "follower calls failed", "the generator wrote an empty instruction")
+LOCK_FILE = ".lock"
 
 
 @dataclass(frozen=True)
@@ -73,6 +95,12 @@ class Result:
     # its name (a built-in, tuned/NAME, home/NAME or a file) and the sha256 of the text the generator saw.
     template: str | None = None
     template_sha256: str | None = None
+    # done | failed. A failed row's numbers are not results: `error` says why, means leave it out and
+    # the next run computes it again (schema 4; older rows get theirs from their warnings when read).
+    status: str = DONE
+    error: str | None = None
+    # sha256 (16 hex) of the task's labels and rows, also inside `fingerprint` (None before schema 4).
+    data_hash: str | None = None
     run_id: str = ""
     promptmii_version: str = ""
     git_sha: str | None = None
@@ -82,6 +110,10 @@ class Result:
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.task, self.method, self.fingerprint)
+
+    @property
+    def failed(self) -> bool:
+        return self.status != DONE
 
     @property
     def cost_seconds(self) -> float:
@@ -140,89 +172,203 @@ def promptmii_version() -> str:
 
 
 class ResultsDir:
-    """results.jsonl + samples.jsonl in one directory, appended as work finishes, resumable."""
+    """results.jsonl + samples.jsonl in one directory, appended as work finishes, resumable.
+
+    Reading needs nothing; writing happens inside `with out.lock():`, which holds the directory
+    against a second writer and first repairs what a crash left (a cut-off last line, orphan samples).
+    """
 
     def __init__(self, directory: Path):
         self.directory = directory
         self.results_path = directory / "results.jsonl"
         self.samples_path = directory / "samples.jsonl"
         directory.mkdir(parents=True, exist_ok=True)
-        self._drop_orphan_samples()
+        self._locked = False
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[ResultsDir]:
+        """Hold the directory for writing (fcntl lock on .lock); a second writer gets a one-line error."""
+        with (self.directory / LOCK_FILE).open("a+", encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                pid = handle.read().strip() or "unknown"
+                raise PromptMIIError(
+                    f"{self.directory} is being written by another promptmii process (pid {pid}); "
+                    "wait for it to finish or give another output directory"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            self._locked = True
+            try:
+                set_aside_partial_line(self.results_path)
+                self._drop_orphan_samples()  # also drops a cut-off samples line: its row never landed
+                yield self
+            finally:
+                self._locked = False
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def rows(self) -> list[Result]:
+        return read_results(self.results_path) if self.results_path.exists() else []
 
     def done_keys(self) -> set[tuple]:
-        return {r.key for r in read_results(self.results_path)} if self.results_path.exists() else set()
+        """Keys of the done rows: failed rows are not done, so a run computes them again."""
+        return {r.key for r in self.rows() if not r.failed}
+
+    def samples_of(self, keys: set[tuple]) -> dict[tuple, list[tuple[str, str]]]:
+        """(text, gold) of the scored rows of each key, in order (checks rows written before data hashes)."""
+        found: dict[tuple, list[tuple[int, str, str]]] = {}
+        if keys and self.samples_path.exists():
+            for row in read_jsonl(self.samples_path):
+                key = (row.get("task"), row.get("method"), row.get("fingerprint"))
+                if key in keys:
+                    found.setdefault(key, []).append((row["index"], row["text"], row["gold"]))
+        return {key: [(text, gold) for _, text, gold in sorted(rows)] for key, rows in found.items()}
 
     def append(self, result: Result, samples: list[Sample]) -> None:
-        append_lines(self.samples_path, [asdict(s) for s in samples])
-        append_lines(self.results_path, [asdict(result)])
+        if not self._locked:
+            raise PromptMIIError(f"{self.directory}: rows are written only inside `with results_dir.lock():`")
+        try:
+            append_lines(self.samples_path, [asdict(s) for s in samples])
+            append_lines(self.results_path, [asdict(result)])
+        except OSError as e:  # a full disk, a lost mount: what is written stays, the next run repairs and resumes
+            raise PromptMIIError(
+                f"{self.directory}: cannot write results ({e.strerror or e}); free space or fix the disk, then run "
+                "the same command again to resume"
+            ) from None
 
     def _drop_orphan_samples(self) -> None:
         """Samples of a task whose result row never landed (the process died) would double on resume."""
         if not self.samples_path.exists():
             return
-        done = self.done_keys()
+        written = {r.key for r in self.rows()}
         lines = self.samples_path.read_text(encoding="utf-8").splitlines(keepends=True)
         kept = []
         for line in lines:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a half-written last line
-            if (row["task"], row["method"], row["fingerprint"]) in done:
+                continue
+            if (row["task"], row["method"], row["fingerprint"]) in written:
                 kept.append(line if line.endswith("\n") else line + "\n")
         if len(kept) != len(lines):
             atomic_write(self.samples_path, "".join(kept))
 
 
+def set_aside_partial_line(path: Path) -> Path | None:
+    """Move a last line cut short (no newline, or not JSON) to PATH.corrupt-<time>, warn, keep the rest.
+
+    A kill or a full disk mid-write leaves such a line; appending after it would glue the next row to
+    it. Returns where the line went, or None when the file ends cleanly.
+    """
+    data = path.read_bytes() if path.exists() else b""
+    if not data:
+        return None
+    if data.endswith(b"\n"):
+        head, sep, last = data[:-1].rpartition(b"\n")
+        if not last.strip():
+            return None
+        try:
+            json.loads(last)
+            return None
+        except ValueError:  # a whole line of garbage (a full disk can leave zeros)
+            pass
+    else:
+        head, sep, last = data.rpartition(b"\n")
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+    aside.write_bytes(last)
+    atomic_write_bytes(path, head + sep)
+    log.warning(
+        "%s: its last line was cut short (a crash or a full disk); moved it to %s, its row is redone", path, aside
+    )
+    return aside
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The rows of a JSONL file; a cut-off last line is skipped with a warning, a bad line elsewhere is an error."""
+    return [row for _, row in _numbered_rows(path)]
+
+
+def _numbered_rows(path: Path) -> list[tuple[int, Any]]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    rows = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, json.loads(line)))
+        except json.JSONDecodeError:
+            if number == len(lines):
+                log.warning("%s: its last line is cut short (a crash mid-write?); reading without it", path)
+                continue
+            raise PromptMIIError(f"{path}: line {number} is not valid JSON") from None
+    return rows
+
+
 def read_results(path: Path) -> list[Result]:
-    """Rows of a results.jsonl; a half-written last line (a crash mid-write) is skipped."""
+    """Rows of a results.jsonl; a cut-off last line (a crash mid-write) is skipped with a warning."""
     if not path.exists():
         raise PromptMIIError(f"{path}: no such results file")
     known = {f.name for f in fields(Result)}
     required = {f.name for f in fields(Result) if f.default is MISSING and f.default_factory is MISSING}
     rows = []
-    lines = path.read_text(encoding="utf-8").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            if number == len(lines):
-                continue
-            raise PromptMIIError(f"{path}: line {number} is not valid JSON") from None
-        if row.get("schema_version") not in READABLE_VERSIONS:
+    for number, row in _numbered_rows(path):
+        if not isinstance(row, dict) or row.get("schema_version") not in READABLE_VERSIONS:
+            version = row.get("schema_version") if isinstance(row, dict) else None
             raise PromptMIIError(
-                f"{path}: line {number} has schema_version {row.get('schema_version')}, this promptmii reads "
+                f"{path}: line {number} has schema_version {version}, this promptmii reads "
                 f"{', '.join(map(str, READABLE_VERSIONS))}"
             )
         missing = required - set(row)
         if missing:
             raise PromptMIIError(f"{path}: line {number} lacks fields {sorted(missing)}")
-        rows.append(Result(**{k: v for k, v in row.items() if k in known}))
+        rows.append(legacy_status(Result(**{k: v for k, v in row.items() if k in known})))
     return rows
+
+
+def read_done(path: Path) -> list[Result]:
+    """The done rows of a results.jsonl: what summaries average (a failed row's numbers are not results)."""
+    return [r for r in read_results(path) if not r.failed]
+
+
+def legacy_status(result: Result) -> Result:
+    """A row from before schema 4 that hides a failure in its warnings, marked failed with that warning."""
+    if result.schema_version >= 4:
+        return result
+    problem = next((w for w in result.warnings if any(f in w for f in LEGACY_FAILURES)), None)
+    if problem is None and result.generator is not None and not result.instruction.strip():
+        problem = "the generator wrote an empty instruction"
+    return replace(result, status=FAILED, error=problem) if problem else result
+
+
+MEAN_FIELDS = ("macro_f1", "accuracy", "invalid_rate", "prompt_tokens_per_query", "llm_calls", "seconds")
 
 
 def mean_by_method(results: list[Result]) -> list[dict[str, Any]]:
-    """One row per method spec: means over tasks of the headline numbers, in first-seen order."""
+    """One row per method spec: means over tasks of the headline numbers, in first-seen order.
+
+    Failed rows are counted (`failed`) but left out of the means: their numbers are not results. A
+    method whose rows all failed has no means (None).
+    """
     groups: dict[str, list[Result]] = {}
+    failed: dict[str, int] = {}
     for r in results:
-        groups.setdefault(r.method, []).append(r)
-    rows = []
-    for method, group in groups.items():
-        rows.append(
-            {
-                "method": method,
-                "tasks": len(group),
-                "macro_f1": mean(r.macro_f1 for r in group),
-                "accuracy": mean(r.accuracy for r in group),
-                "invalid_rate": mean(r.invalid_rate for r in group),
-                "prompt_tokens_per_query": mean(r.prompt_tokens_per_query for r in group),
-                "llm_calls": mean(r.llm_calls for r in group),
-                "seconds": mean(r.seconds for r in group),
-            }
-        )
-    return rows
+        groups.setdefault(r.method, [])
+        failed[r.method] = failed.get(r.method, 0) + r.failed
+        if not r.failed:
+            groups[r.method].append(r)
+    return [
+        {
+            "method": method,
+            "tasks": len(group),
+            "failed": failed[method],
+            **{f: mean(getattr(r, f) for r in group) if group else None for f in MEAN_FIELDS},
+        }
+        for method, group in groups.items()
+    ]
 
 
 def append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -235,7 +381,20 @@ def append_lines(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write via a .tmp file and os.replace, so readers never see half a file."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    """Write via a temp file and os.replace, so readers never see half a file."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """A uniquely named temp file beside `path`, fsynced, then os.replace: whole file or old file, never half."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -38,6 +38,7 @@ from promptmii.errors import BackendError, DataError, PromptMIIError
 from promptmii.evaluate import DECODING, run_follower
 from promptmii.experiment import DEFAULT_BACKEND
 from promptmii.induce import InduceConfig, induce
+from promptmii.results import read_jsonl, set_aside_partial_line
 from promptmii.reward import FollowerReward
 
 log = logging.getLogger(__name__)
@@ -612,12 +613,11 @@ def _append_jsonl(path: Path, row: dict[str, Any]) -> None:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return read_jsonl(path) if path.is_file() else []  # a line cut short by a kill is skipped, with a warning
 
 
 def _truncate_after(path: Path, step: int) -> None:
+    set_aside_partial_line(path)  # a kill mid-write: the line goes to PATH.corrupt-<time>, its step is redone
     rows = _read_jsonl(path)
     kept = [r for r in rows if r.get("step") is None or r["step"] <= step]
     if len(kept) != len(rows):

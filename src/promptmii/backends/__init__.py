@@ -87,6 +87,23 @@ def choice_regex(choices: tuple[str, ...] | list[str]) -> str:
     return "(" + "|".join(re.escape(c) for c in choices) + ")"
 
 
+# Query parameters whose value is a credential; `api_key_env` names a variable and is not one.
+_SECRET_QUERY = re.compile(r"(?i)([?&](?:api[_-]?key|apikey|key|token|access[_-]?token|secret|password|auth)=)[^&#\s]*")
+_USERINFO = re.compile(r"(://)[^/@\s]+@")
+
+
+def redact(spec: str) -> str:
+    """A backend spec (or URL) safe to write anywhere: user:password@ and credential-like query values become ***.
+
+    Keys belong in the environment (api_key_env=); this catches the ones that were pasted into a spec
+    anyway, before a results row, a config, a log line or an error message repeats them.
+
+    >>> redact("openai:m@https://user:sk-1@host/v1?api_key=sk-2&concurrency=4")
+    'openai:m@https://***@host/v1?api_key=***&concurrency=4'
+    """
+    return _SECRET_QUERY.sub(r"\1***", _USERINFO.sub(r"\1***@", spec))
+
+
 SCHEMES = ("llamacpp", "openai", "hf")
 _LOADED: dict[str, Backend] = {}
 
@@ -110,7 +127,7 @@ def get_backend(spec: str) -> Backend:
         scheme, sep, target = "hf", ":", spec
     if not sep or not target:
         raise BackendError(
-            f"backend spec '{spec}' must look like SCHEME:MODEL, e.g. llamacpp:qwen2.5-coder-1.5b-instruct"
+            f"backend spec '{redact(spec)}' must look like SCHEME:MODEL, e.g. llamacpp:qwen2.5-coder-1.5b-instruct"
         )
     if scheme == "llamacpp":
         from promptmii.backends.llamacpp import LlamaCppBackend

@@ -5,6 +5,9 @@ tokens we count are exactly the tokens we run. The high-level API runs one seque
 keeps the KV cache of the previous prompt: running all m queries of one instruction back to back
 means the shared prefix is evaluated once (measured: 7.1 s -> 0.23 s per call for a ~790-token prefix). The shared prefix
 is also tokenized once per batch, not once per query (22 ms per 10k tokens, ~7% of a 0.5B query).
+
+Control tokens (<|im_start|>, <|im_end|>, ...) come only from the chat template. Message contents are
+data: they are tokenized as plain text, so an input that contains "<|im_end|>" cannot end the turn.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ import atexit
 import logging
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +30,56 @@ log = logging.getLogger(__name__)
 
 MIN_SHARED_PREFIX_CHARS = 200  # below this, tokenizing the prefix again costs nothing worth saving
 MAX_CONTEXT = 32_768  # the bundled Qwen models' trained context; also the paper's serving context
+# Stand-ins for message contents while the template renders: private-use characters no template
+# alters and no tokenizer treats as control tokens.
+_MARK = "\ue000{}\ue001"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A chat prompt rendered by the template, with where each message's content sits in the text."""
+
+    text: str
+    spans: tuple[tuple[int, int], ...] = ()  # (start, end) of message contents: data, never control tokens
+
+    def head(self, cut: int) -> Rendered:
+        return Rendered(self.text[:cut], tuple((a, min(b, cut)) for a, b in self.spans if a < cut))
+
+    def tail(self, cut: int) -> Rendered:
+        return Rendered(self.text[cut:], tuple((max(a, cut) - cut, b - cut) for a, b in self.spans if b > cut))
+
+
+def render(template: Callable[[Chat], str], prompt: Chat) -> Rendered:
+    """Render `prompt` with contents swapped for marks, then put the contents back and note where they are."""
+    rendered = template([{**message, "content": _MARK.format(i)} for i, message in enumerate(prompt)])
+    text, spans, at = "", [], 0
+    for i, message in enumerate(prompt):
+        mark = rendered.find(_MARK.format(i), at)
+        if mark < 0:
+            continue  # a template may leave a message out
+        text += rendered[at:mark]
+        spans.append((len(text), len(text) + len(message["content"])))
+        text += message["content"]
+        at = mark + len(_MARK.format(i))
+    return Rendered(text + rendered[at:], tuple(spans))
+
+
+def tokenize_rendered(tokenize: Callable[..., list[int]], rendered: Rendered, add_bos: bool) -> list[int]:
+    """Tokens of a rendered prompt: template text with control tokens parsed, contents as plain text.
+
+    `tokenize` is llama_cpp.Llama.tokenize. Cuts fall where the template meets a content (after a
+    header's newline, before a control token), where the tokenizer's pre-split cuts anyway.
+    """
+    ids: list[int] = []
+    at = 0
+    for start, end in (*rendered.spans, (len(rendered.text), len(rendered.text))):
+        for piece, special in ((rendered.text[at:start], True), (rendered.text[start:end], False)):
+            if piece:
+                ids += tokenize(piece.encode("utf-8"), add_bos=add_bos and not ids, special=special)
+        at = end
+    if not ids and add_bos:
+        ids = tokenize(b"", add_bos=True, special=True)
+    return ids
 
 
 class LlamaCppBackend:
@@ -120,10 +175,10 @@ class LlamaCppBackend:
 
     def generate(self, prompts: list[Chat], params: GenParams) -> list[Generation]:
         """Run prompts one after another in the given order, so consecutive prompts share the KV prefix."""
-        texts = [self._render(prompt) for prompt in prompts]
-        self._remember_prefix(texts)
+        rendered = [self._render(prompt) for prompt in prompts]
+        self._remember_prefix(rendered)
         grammar = self._grammar(params.choices) if params.choices else None
-        return [self._generate_one(text, params, grammar) for text in texts]
+        return [self._generate_one(r, params, grammar) for r in rendered]
 
     def label_logprobs(self, prompt: Chat, labels: list[str]) -> dict[str, float]:
         """Sum of the log-probabilities of each label's tokens as the start of the reply.
@@ -151,34 +206,34 @@ class LlamaCppBackend:
 
     # ------------------------------------------------------------ internals
 
-    def _render(self, prompt: Chat) -> str:
-        return self._formatter(messages=prompt).prompt
+    def _render(self, prompt: Chat) -> Rendered:
+        return render(lambda messages: self._formatter(messages=messages).prompt, prompt)
 
-    def _tokenize(self, text: str, add_bos: bool) -> list[int]:
-        # special=True: the template's <|im_start|> markers must become control tokens, not text.
-        return self._llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)
+    def _tokenize(self, rendered: Rendered, add_bos: bool) -> list[int]:
+        return tokenize_rendered(self._llm.tokenize, rendered, add_bos)
 
-    def _tokens(self, text: str) -> list[int]:
+    def _tokens(self, rendered: Rendered) -> list[int]:
         """Tokens of a rendered prompt; the remembered shared prefix is not tokenized again."""
         prefix_text, prefix_ids = self._prefix
-        if prefix_text and text.startswith(prefix_text):
-            return prefix_ids + self._tokenize(text[len(prefix_text) :], add_bos=False)
-        return self._tokenize(text, add_bos=self._add_bos)
+        if prefix_text and rendered.text.startswith(prefix_text):
+            return prefix_ids + self._tokenize(rendered.tail(len(prefix_text)), add_bos=False)
+        return self._tokenize(rendered, add_bos=self._add_bos)
 
-    def _remember_prefix(self, texts: list[str]) -> None:
+    def _remember_prefix(self, rendered: list[Rendered]) -> None:
         """Tokenize the text a batch's prompts share once, cut where tokenization cannot cross.
 
         BPE pre-tokenizers (Qwen, Llama 3) never join a newline to a following non-space character, so
         cutting there splits no token; we still check it on the first prompt before trusting the cut.
         """
-        if len(texts) < 2 or texts[0].startswith(self._prefix[0] or "\0"):
+        if len(rendered) < 2 or rendered[0].text.startswith(self._prefix[0] or "\0"):
             return
-        shared = os.path.commonprefix(texts)  # noqa: RUF071 (character-wise is what we want)
+        shared = os.path.commonprefix([r.text for r in rendered])  # noqa: RUF071 (character-wise is what we want)
         cut = _cut_after_newline(shared)
         if cut < MIN_SHARED_PREFIX_CHARS:
             return
-        ids = self._tokenize(shared[:cut], add_bos=self._add_bos)
-        if ids + self._tokenize(texts[0][cut:], add_bos=False) == self._tokenize(texts[0], add_bos=self._add_bos):
+        first = rendered[0]
+        ids = self._tokenize(first.head(cut), add_bos=self._add_bos)
+        if ids + self._tokenize(first.tail(cut), add_bos=False) == self._tokenize(first, add_bos=self._add_bos):
             self._prefix = (shared[:cut], ids)
 
     def _grammar(self, choices: tuple[str, ...]) -> object:
@@ -186,10 +241,10 @@ class LlamaCppBackend:
             self._grammars[choices] = self._llama_cpp.LlamaGrammar.from_string(choice_grammar(choices), verbose=False)
         return self._grammars[choices]
 
-    def _generate_one(self, text: str, params: GenParams, grammar: object = None) -> Generation:
+    def _generate_one(self, rendered: Rendered, params: GenParams, grammar: object = None) -> Generation:
         start = time.perf_counter()
         try:
-            tokens = self._tokens(text)
+            tokens = self._tokens(rendered)
             if len(tokens) + params.max_tokens > self.context_length:
                 raise ValueError(
                     f"prompt of {len(tokens)} tokens + {params.max_tokens} to generate exceeds the context of {self.context_length}"

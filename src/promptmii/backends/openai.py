@@ -2,22 +2,31 @@
 
 A follower run is m requests behind one shared prefix, so they go out concurrently (bounded by
 `concurrency`) and the server's prefix cache and batching do the rest (vLLM: --enable-prefix-caching).
-Transient faults (429, 5xx, timeouts, a dropped connection, a garbled body) are retried with
-exponential backoff that honours Retry-After; after the last attempt that one prompt scores INVALID.
-A server that cannot be reached, refuses the key or does not serve the model stops the run at once.
+Transient faults (429, 5xx, read timeouts, a dropped connection, a garbled body) are retried with
+exponential backoff that honours Retry-After (up to MAX_RETRY_AFTER); a prompt that outlives its
+retries comes back with an error, which fails its row (retried by the next run). A request waiting
+out a back-off gives its concurrency slot to the others. A server that cannot be reached (connect
+refused or no connection within CONNECT_TIMEOUT, a couple of times), refuses the key or does not
+serve the model stops the run at once, in seconds, with one line.
+
+The cache identity (`model_id`) is the model name, the URL and a hash of what the server reports
+about the weights behind the name (vLLM's `root`, llama.cpp's `meta`, ...) plus an optional
+`revision=` from the spec, so two models served under one name never share cached replies.
 
 The API key is read from an environment variable (OPENAI_API_KEY unless `api_key_env=` says
 otherwise) and lives only in the request header: never in `model_id`, cache rows, logs or results.
 
 Spec: `openai:MODEL@URL[?option=value&...]`, e.g.
 `openai:qwen2.5-coder-1.5b@http://127.0.0.1:8080/v1?concurrency=16&tokenizer=llamacpp:qwen2.5-coder-1.5b-instruct`.
-Options: api_key_env, concurrency, timeout (seconds), retries, context (tokens), tokenizer (a backend
-spec whose count_tokens is used), constrain (grammar | vllm | sglang | none: how `choices` are sent).
+Options: api_key_env, concurrency, timeout (read timeout, seconds), retries, context (tokens), tokenizer
+(a backend spec whose count_tokens is used), constrain (grammar | vllm | sglang | none: how `choices` are
+sent), revision (any label of the served weights, part of the cache identity).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import os
@@ -33,13 +42,22 @@ from promptmii.errors import BackendError
 log = logging.getLogger(__name__)
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
-MAX_BACKOFF_SECONDS = 30.0
+MAX_BACKOFF_SECONDS = 30.0  # the longest exponential back-off between two attempts
+# A rate limit's Retry-After is honoured up to this: hosted APIs ask for up to a minute; a server asking
+# for more is down for longer than a run should sit waiting on one prompt.
+MAX_RETRY_AFTER = 120.0
 # A request's time includes its wait in the server's queue and the prefill of its prompt: a CPU server
-# behind a 10k-token ICL prompt took ~6 min for the first query (bench/follower_throughput.py).
+# behind a 10k-token ICL prompt took ~6 min for the first query (bench/follower_throughput.py). That is
+# the read timeout; connecting is quick or the server is not there.
 DEFAULT_TIMEOUT = 900.0
+CONNECT_TIMEOUT = 5.0
+CONNECT_RETRIES = 2  # a refused connection is tried again this often (a restarting server), then the run stops
+# What a /v1/models entry says about the weights behind a name (vLLM, SGLang: root/parent; llama.cpp:
+# meta). `created` is left out: vLLM and llama.cpp's server put the time of the request there.
+IDENTITY_FIELDS = ("root", "parent", "meta")
 DEFAULT_CONTEXT = 32_768  # used only when neither the server nor the spec says
 CONSTRAIN_STYLES = ("grammar", "vllm", "sglang", "none")
-OPTIONS = ("api_key_env", "concurrency", "timeout", "retries", "context", "tokenizer", "constrain")
+OPTIONS = ("api_key_env", "concurrency", "timeout", "retries", "context", "tokenizer", "constrain", "revision")
 
 
 class OpenAIBackend:
@@ -57,6 +75,7 @@ class OpenAIBackend:
         context: int | None = None,
         tokenizer: str | None = None,
         constrain: str = "grammar",
+        revision: str | None = None,
     ):
         try:
             import httpx
@@ -76,6 +95,7 @@ class OpenAIBackend:
         self.constrain = constrain
         self.model_id = f"{model}@{_without_credentials(self.base_url)}"
         served = self._check_server()
+        self.model_id += _identity_suffix(self.model, served, revision)
         self.context_length = context or served.get("max_model_len") or DEFAULT_CONTEXT
         self._tokenizer_spec = tokenizer
         self.token_counter = f"local:{tokenizer}" if tokenizer else "server"  # refined on first count
@@ -191,22 +211,35 @@ class OpenAIBackend:
 
     async def _generate_all(self, prompts: list[Chat], body: dict[str, Any]) -> list[Generation]:
         limit = asyncio.Semaphore(self.concurrency)
-        async with self._httpx.AsyncClient(timeout=self.timeout, headers=self._headers()) as client:
+        timeout = self._httpx.Timeout(self.timeout, connect=min(self.timeout, CONNECT_TIMEOUT))
+        async with self._httpx.AsyncClient(timeout=timeout, headers=self._headers()) as client:
+            return list(
+                await asyncio.gather(*(self._complete(client, limit, {**body, "messages": p}) for p in prompts))
+            )
 
-            async def one(prompt: Chat) -> Generation:
-                async with limit:
-                    return await self._complete(client, {**body, "messages": prompt})
+    async def _complete(self, client: Any, limit: asyncio.Semaphore, body: dict[str, Any]) -> Generation:
+        """One chat completion with retries; a fault that outlives them becomes Generation.error.
 
-            return list(await asyncio.gather(*(one(p) for p in prompts)))
-
-    async def _complete(self, client: Any, body: dict[str, Any]) -> Generation:
-        """One chat completion with retries; a fault that outlives them becomes Generation.error."""
+        The concurrency slot is held only while a request is in flight, never during a back-off, so one
+        throttled prompt does not hold up the others. A server that cannot be connected to stops the run.
+        """
         start = time.perf_counter()
         problem = ""
+        refused = 0
         for attempt in range(self.retries + 1):
             delay = None
             try:
-                response = await client.post(f"{self.base_url}/chat/completions", json=body)
+                async with limit:
+                    response = await client.post(f"{self.base_url}/chat/completions", json=body)
+            except (self._httpx.ConnectError, self._httpx.ConnectTimeout) as e:
+                refused += 1
+                if refused > CONNECT_RETRIES:
+                    raise BackendError(
+                        f"cannot reach the OpenAI-compatible server at {_without_credentials(self.base_url)} "
+                        f"({type(e).__name__}, {refused} tries); it stopped or the network is down: restart it, "
+                        "then run the same command again to resume"
+                    ) from None
+                problem = type(e).__name__
             except self._httpx.HTTPError as e:
                 problem = (
                     f"{type(e).__name__} after {self.timeout:g} s"
@@ -281,10 +314,25 @@ def _run(coroutine: Any) -> Any:
         return pool.submit(asyncio.run, coroutine).result()
 
 
+def _identity_suffix(model: str, served: dict[str, Any], revision: str | None) -> str:
+    """`#hash` of what identifies the weights behind `model` (server report, spec revision), or "" with a warning."""
+    identity = {k: served[k] for k in IDENTITY_FIELDS if served.get(k) not in (None, "")}
+    if revision:
+        identity["revision"] = revision
+    if not identity:
+        log.warning(
+            "the server says nothing about the weights behind '%s' beyond the name: its cached replies are keyed "
+            "by name and URL only; add revision=... to the spec when you serve other weights under that name",
+            model,
+        )
+        return ""
+    return "#" + hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
 def _retry_after(response: Any) -> float | None:
     value = response.headers.get("retry-after")
     try:
-        return min(MAX_BACKOFF_SECONDS, max(0.0, float(value))) if value is not None else None
+        return min(MAX_RETRY_AFTER, max(0.0, float(value))) if value is not None else None
     except ValueError:
         return None  # an HTTP date; back off exponentially instead
 
