@@ -351,11 +351,9 @@ def _fingerprint(method: Method, config: EvalConfig, backends: Backends, data: s
         settings["search"] = config.search_config.settings(method.name)
     elif role:
         template = backends.template(role)
-        settings |= {
-            "template": template.name,
-            "template_sha256": template.sha256,
-            "max_tokens": config.max_instruction_tokens,
-        }
+        settings |= {"template": template.name, "max_tokens": config.max_instruction_tokens}
+        if data is not None:  # rows from before schema 4 named their template but did not hash it
+            settings["template_sha256"] = template.sha256
     if data is not None:
         settings["data"] = data
     return fingerprint(**settings)
