@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from promptmii import backends
+from promptmii import backends, models
 from promptmii.data import Example, Task
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_CORPUS = REPO.parent / "shared" / "corpus"
+SENTIMENT_LABELS = ("negative", "positive")
 
 # Property tests check values, not speed: on 2 shared cores (benchmarks running beside, CI) a 200 ms
 # per-example deadline fails them for reasons that have nothing to do with the code.
@@ -91,3 +92,42 @@ def write_corpus(root: Path, tasks: list[Task]) -> Path:
                     for e in rows:
                         f.write(json.dumps({"text": e.text, "label": e.label}) + "\n")
     return root
+
+
+def corpus_tasks(train_tasks: int = 6, train_rows: int = 60) -> list[Task]:
+    tasks = []
+    for i in range(train_tasks):
+        examples = sentiment_examples(train_rows + 30, offset=100 * i)
+        tasks.append(
+            Task(f"train{i}", SENTIMENT_LABELS, tuple(examples[:train_rows]), tuple(examples[train_rows:]), "train")
+        )
+    examples = sentiment_examples(60, offset=9000)
+    tasks.append(Task("val0", SENTIMENT_LABELS, tuple(examples[:30]), tuple(examples[30:]), "validation"))
+    return tasks
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Path:
+    """A 2-layer random Qwen2 with the bundled model's tokenizer and chat template: GRPO steps in seconds.
+
+    PROMPTMII_TINY_BASE may name a directory holding only the 0.5B's config.json and tokenizer files
+    (`python tests/test_train.py --tiny-base DIR` writes one): the weights are random anyway, so a GPU
+    machine without the bundled model (and without llama.cpp) can run these tests.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    base = os.environ.get("PROMPTMII_TINY_BASE")
+    if not base:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("PROMPTMII_HOME", str(model_store.parent / "tiny-home"))
+            (model_store.parent / "tiny-home").mkdir(exist_ok=True)
+            if not (model_store.parent / "tiny-home" / "models").exists():
+                (model_store.parent / "tiny-home" / "models").symlink_to(model_store)
+            base = models.ensure_dequantized("qwen2.5-coder-0.5b-instruct")
+    config = AutoConfig.from_pretrained(base)
+    config.update({"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2})
+    config.update({"num_hidden_layers": 2, "head_dim": 16, "layer_types": config.layer_types[:2]})
+    path = tmp_path_factory.mktemp("tiny-policy")
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(base).save_pretrained(path)
+    return path

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import corpus_tasks, write_corpus
 from fakes import FakeBackend, keyword_rule, user_text
 from promptmii import expert_iteration as ei
 from promptmii import models, prompts
@@ -250,3 +251,19 @@ def test_ship_refuses_an_adapter_the_gate_did_not_promote(tmp_path: Path, monkey
     with pytest.raises(PromptMIIError, match="not promoted"):
         ei.ship(promoted_run(tmp_path, promoted=False), "tiny-ei")
     assert models.shipped_adapters() == {}
+
+
+@pytest.mark.real  # fine-tunes a tiny random model with TRL on the bundled 0.5B's tokenizer
+def test_fine_tune_trains_the_lora_on_the_winners_and_saves_it(tmp_path: Path, tiny_policy: Path):
+    from safetensors.numpy import load_file
+
+    corpus = write_corpus(tmp_path / "corpus", corpus_tasks(train_tasks=2))
+    cfg = config(tmp_path, corpus=str(corpus), policy=str(tiny_policy), epochs=1, learning_rate=1e-2)
+    winner = {"template": "criteria", "sample": 1, "usable": True, "instruction": "Judge the sentiment words."}
+    records = [{"task": f"train{i}", "n_shown": 4, "winner": 0, "candidates": [winner]} for i in range(2)]
+    adapter = ei.fine_tune(cfg, records)
+    tensors = load_file(str(adapter / "adapter_model.safetensors"))
+    lora_b = [v for k, v in tensors.items() if "lora_B" in k]
+    assert lora_b and any(abs(v).max() > 0 for v in lora_b)  # LoRA B starts at zero: non-zero means it trained
+    log = ei.read_records(Path(cfg.output) / "fine_tune_log.jsonl")
+    assert log and all("loss" in row for row in log)

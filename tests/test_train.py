@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from conftest import sentiment_examples, write_corpus
+from conftest import corpus_tasks, sentiment_examples, write_corpus
 from fakes import FakeBackend, query_input
 from promptmii import models
 from promptmii.backends import GenParams
@@ -83,16 +82,6 @@ def test_follower_reward_scores_each_instruction_with_the_follower(tmp_path: Pat
 # ---------------------------------------------------------------- data rows and config
 
 
-def corpus_tasks(train_tasks: int = 6, train_rows: int = 60) -> list[Task]:
-    tasks = []
-    for i in range(train_tasks):
-        examples = sentiment_examples(train_rows + 30, offset=100 * i)
-        tasks.append(Task(f"train{i}", LABELS, tuple(examples[:train_rows]), tuple(examples[train_rows:]), "train"))
-    examples = sentiment_examples(60, offset=9000)
-    tasks.append(Task("val0", LABELS, tuple(examples[:30]), tuple(examples[30:]), "validation"))
-    return tasks
-
-
 def config_for(tmp_path: Path, **changes) -> TrainConfig:
     return TrainConfig(corpus=str(tmp_path / "corpus"), output=str(tmp_path / "run"), **changes)
 
@@ -143,6 +132,7 @@ def test_rollout_engines_map_to_trl_vllm_fields(tmp_path: Path) -> None:
     importlib.util.find_spec("vllm") is not None and __import__("torch").cuda.is_available(),
     reason="vLLM rollouts can run here",
 )
+@pytest.mark.real  # trains a tiny random model with TRL on the bundled 0.5B's tokenizer: minutes
 def test_vllm_rollouts_without_vllm_or_a_gpu_fail_before_making_a_run(tmp_path, corpus, tiny_policy) -> None:
     with pytest.raises(PromptMIIError, match=r"vllm-colocate needs (vLLM|a CUDA GPU)"):
         train(tiny_config(tmp_path, tiny_policy, rollout_engine="vllm-colocate"))
@@ -178,33 +168,6 @@ def test_bad_configs_fail_with_one_clear_message(tmp_path: Path, changes: dict, 
 # ---------------------------------------------------------------- real (tiny) GRPO runs
 
 
-@pytest.fixture(scope="session")
-def tiny_policy(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> Path:
-    """A 2-layer random Qwen2 with the bundled model's tokenizer and chat template: GRPO steps in seconds.
-
-    PROMPTMII_TINY_BASE may name a directory holding only the 0.5B's config.json and tokenizer files
-    (`python tests/test_train.py --tiny-base DIR` writes one): the weights are random anyway, so a GPU
-    machine without the bundled model (and without llama.cpp) can run these tests.
-    """
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
-    base = os.environ.get("PROMPTMII_TINY_BASE")
-    if not base:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.setenv("PROMPTMII_HOME", str(model_store.parent / "tiny-home"))
-            (model_store.parent / "tiny-home").mkdir(exist_ok=True)
-            if not (model_store.parent / "tiny-home" / "models").exists():
-                (model_store.parent / "tiny-home" / "models").symlink_to(model_store)
-            base = models.ensure_dequantized("qwen2.5-coder-0.5b-instruct")
-    config = AutoConfig.from_pretrained(base)
-    config.update({"hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2})
-    config.update({"num_hidden_layers": 2, "head_dim": 16, "layer_types": config.layer_types[:2]})
-    path = tmp_path_factory.mktemp("tiny-policy")
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    AutoTokenizer.from_pretrained(base).save_pretrained(path)
-    return path
-
-
 @pytest.fixture
 def corpus(tmp_path: Path) -> Path:
     return write_corpus(tmp_path / "corpus", corpus_tasks())
@@ -236,6 +199,7 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.real  # trains a tiny random model with TRL on the bundled 0.5B's tokenizer: minutes
 def test_tiny_run_logs_validates_checkpoints_and_saves_the_adapter(tmp_path, corpus, tiny_policy, random_follower):
     summary = train(tiny_config(tmp_path, tiny_policy))
     run = tmp_path / "run"
@@ -252,6 +216,7 @@ def test_tiny_run_logs_validates_checkpoints_and_saves_the_adapter(tmp_path, cor
     assert len(random_follower.calls) == (2 * 10 + 3) * 10  # 20 rollouts + 3 validations, m=10 each
 
 
+@pytest.mark.real  # trains a tiny random model with TRL on the bundled 0.5B's tokenizer: minutes
 def test_resume_continues_from_the_last_checkpoint(tmp_path, corpus, tiny_policy, random_follower):
     train(tiny_config(tmp_path, tiny_policy, max_steps=1, eval_steps=0))
     with pytest.raises(PromptMIIError, match="already holds a training run"):
@@ -263,12 +228,14 @@ def test_resume_continues_from_the_last_checkpoint(tmp_path, corpus, tiny_policy
     assert [r["step"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl")] == [1, 2]  # step 1 not redone
 
 
+@pytest.mark.real  # trains a tiny random model with TRL on the bundled 0.5B's tokenizer: minutes
 def test_resume_validates_only_at_validation_steps(tmp_path, corpus, tiny_policy, random_follower):
     train(tiny_config(tmp_path, tiny_policy, max_steps=1, eval_steps=2))
     train(tiny_config(tmp_path, tiny_policy, max_steps=2, eval_steps=2), resume=True)
     assert [r["step"] for r in read_jsonl(tmp_path / "run" / "validation.jsonl")] == [0, 2]  # none at resume step 1
 
 
+@pytest.mark.real  # trains a tiny random model with TRL on the bundled 0.5B's tokenizer: minutes
 def test_a_follower_that_dies_mid_run_stops_training_and_keeps_the_checkpoint(
     tmp_path, corpus, tiny_policy, register_backend
 ):
@@ -284,6 +251,7 @@ def test_a_follower_that_dies_mid_run_stops_training_and_keeps_the_checkpoint(
     assert (tmp_path / "run" / "checkpoint-1" / "adapter_model.safetensors").is_file()
 
 
+@pytest.mark.real  # trains a tiny random model with TRL on the bundled 0.5B's tokenizer: minutes
 def test_an_unreachable_follower_fails_before_training_and_leaves_no_run(tmp_path, corpus, tiny_policy):
     config = tiny_config(tmp_path, tiny_policy, follower="openai:m@http://127.0.0.1:9/v1?retries=0&timeout=2")
     with pytest.raises(PromptMIIError, match=r"127\.0\.0\.1:9"):
@@ -291,12 +259,14 @@ def test_an_unreachable_follower_fails_before_training_and_leaves_no_run(tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.real  # trains a tiny random model with TRL on the bundled 0.5B's tokenizer: minutes
 def test_an_empty_train_split_is_a_clear_error(tmp_path, tiny_policy) -> None:
     write_corpus(tmp_path / "corpus", [t for t in corpus_tasks() if t.split == "validation"])
     with pytest.raises(DataError, match="no tasks in split 'train'"):
         train(tiny_config(tmp_path, tiny_policy))
 
 
+@pytest.mark.real  # trains a tiny random model with TRL on the bundled 0.5B's tokenizer: minutes
 def test_a_task_with_one_label_is_a_clear_error(tmp_path, tiny_policy) -> None:
     tasks = corpus_tasks()
     one = [Example(f"text {i}", "positive") for i in range(60)]
@@ -305,6 +275,7 @@ def test_a_task_with_one_label_is_a_clear_error(tmp_path, tiny_policy) -> None:
         train(tiny_config(tmp_path, tiny_policy))
 
 
+@pytest.mark.real  # trains a tiny random model with TRL on the bundled 0.5B's tokenizer: minutes
 def test_train_cli_dry_run_prints_the_step_cost(tmp_path, corpus, tiny_policy) -> None:
     result = CliRunner().invoke(
         main,
@@ -326,6 +297,7 @@ def test_train_cli_dry_run_prints_the_step_cost(tmp_path, corpus, tiny_policy) -
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.real  # trains a tiny random model with TRL on the bundled 0.5B's tokenizer: minutes
 def test_train_cli_reports_bad_input_in_one_line(tmp_path, tiny_policy) -> None:
     result = CliRunner().invoke(main, ["train", "--corpus", str(tmp_path / "nope"), "--output", str(tmp_path / "r")])
     assert result.exit_code == 1
@@ -361,6 +333,7 @@ def test_lora_tensor_names_follow_llama_cpp() -> None:
         gguf_tensor_name("base_model.model.lm_head.lora_A.weight")
 
 
+@pytest.mark.real  # trains a tiny random model with TRL on the bundled 0.5B's tokenizer: minutes
 def test_a_trained_run_is_a_generator_for_induce_and_eval(tmp_path, corpus, tiny_policy, random_follower):
     train(tiny_config(tmp_path, tiny_policy, max_steps=1, eval_steps=0))
     run = str(tmp_path / "run")
@@ -401,6 +374,7 @@ needs_cuda = pytest.mark.skipif(
 
 
 @needs_cuda
+@pytest.mark.real  # trains a tiny random model with TRL on the bundled 0.5B's tokenizer: minutes
 def test_grpo_steps_run_on_the_gpu_in_bf16_and_move_the_lora_weights(tmp_path, corpus, tiny_policy, random_follower):
     import torch
     from safetensors.torch import load_file
