@@ -148,7 +148,7 @@ def test_paper_settings_map_to_trl_fields(tmp_path: Path) -> None:
     # 64 prompts x 5 = 320 completions per rollout batch, 2 updates of 160 = 4 per GPU x 8 GPUs x 5 accumulation
     assert args.gradient_accumulation_steps == 5 and args.steps_per_generation == 10
     cost = estimate(config, rows=100, report=training_rows([], config, word_count)[1], validation_tasks=8)
-    assert cost.generations_per_step == 320 and cost.follower_calls_per_step == 6400  # REFERENCE.md A4
+    assert cost.generations_per_step == 320 and cost.follower_calls_per_step == 6400  # 64 prompts x 5 rollouts x m=20
 
 
 @pytest.mark.parametrize(
