@@ -2,7 +2,7 @@
 
 Why not GRPO on 2 CPU cores: a GRPO step of 2 meta-prompts x 5 rollouts took ~1,000 s, and the reward
 of one instruction on m=20 examples carries ~0.10 F1 of noise from the examples alone, so ten such steps
-learned only to shorten the instruction (docs/training.md, "The GRPO run"). Expert iteration (reward-
+learned only to shorten the instruction (docs/training.md, "The GRPO run on CPU"). Expert iteration (reward-
 filtered fine-tuning: Anthony et al. 2017; ReST, Gulcehre et al. 2023; RAFT, Dong et al. 2023) spends
 the same follower budget on fewer, better-measured decisions:
 
