@@ -49,6 +49,10 @@ from promptmii.search import SEARCH_METHODS, SearchConfig, require_gepa
 log = logging.getLogger(__name__)
 
 DEFAULT_BACKEND = f"llamacpp:{models.DEFAULT_MODEL}"
+# A trained generator shipped in the package (promptmii/adapters/) is the default one, and then the default
+# methods score it instead of the untrained generator; without one they are Naive, ICL and Zero.
+DEFAULT_GENERATOR = models.default_generator()
+DEFAULT_METHODS = ("naive", "icl", "promptmii" if DEFAULT_GENERATOR else "promptmii-zero")
 # The searches propose (APE) and reflect (GEPA) with the untrained generator, as in the reference.
 GENERATOR_ROLE = {
     "promptmii-zero": "base_generator",
@@ -60,14 +64,14 @@ GENERATOR_ROLE = {
 
 @dataclass(frozen=True)
 class EvalConfig:
-    methods: tuple[str, ...] = field(
-        default=("naive", "icl", "promptmii-zero"), metadata={"help": f"Comma-separated: {METHOD_HELP}."}
-    )
+    methods: tuple[str, ...] = field(default=DEFAULT_METHODS, metadata={"help": f"Comma-separated: {METHOD_HELP}."})
     n: int = field(default=20, metadata={"help": "Labelled examples shown to the generator (icl's default K)."})
     m: int = field(default=100, metadata={"help": "Held-out examples scored per task."})
     follower: str = field(default=DEFAULT_BACKEND, metadata={"help": "Backend spec of the frozen follower."})
     base_generator: str = field(default=DEFAULT_BACKEND, metadata={"help": "Untrained generator (promptmii-zero)."})
-    generator: str | None = field(default=None, metadata={"help": "Trained generator (method promptmii)."})
+    generator: str | None = field(
+        default=DEFAULT_GENERATOR, metadata={"help": "Trained generator (method promptmii); a shipped one by default."}
+    )
     template: str | None = field(
         default=None,
         metadata={
