@@ -101,9 +101,9 @@ def test_collect_task_keeps_the_instruction_the_follower_follows(tmp_path: Path)
     assert rec["winner"] == 2 and rec["reason"] == "won"
     assert rec["candidates"][2]["f1_a"] == 1.0 and rec["candidates"][2]["f1_b"] == 1.0
     assert rec["naive"]["f1_a"] < 0.5
-    # greedy for sample 0, sampled (T = config.temperature) for the others
-    temperatures = [params.temperature for _, params in generator.calls]
-    assert [t == 0.0 for t in temperatures] == [s == 0 for _, s in ei.CANDIDATE_PLAN]
+    # each candidate at its plan's temperature (greedy for sample 0), recorded with it
+    assert [params.temperature for _, params in generator.calls] == [t for _, _, t in ei.CANDIDATE_PLAN]
+    assert [c["temperature"] for c in rec["candidates"]] == [t for _, _, t in ei.CANDIDATE_PLAN]
 
 
 def test_collect_task_returns_none_when_a_call_fails(tmp_path: Path):
@@ -127,7 +127,7 @@ def test_shots_are_halved_until_the_meta_prompt_fits(tmp_path: Path):
     shots = list(small_task().train[:8])
 
     def longest(k: int) -> int:  # the longest meta-prompt of the plan with the first k shots
-        templates = {t for t, _ in ei.CANDIDATE_PLAN} | {"criteria"}
+        templates = {t for t, _, _ in ei.CANDIDATE_PLAN} | {"criteria"}
         return max(
             generator.count_tokens(prompts.meta_prompt(prompts.meta_template(t), shots[:k], labels)) for t in templates
         )

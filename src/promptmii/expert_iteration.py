@@ -48,11 +48,20 @@ from promptmii.induce import InduceConfig, induce
 
 log = logging.getLogger(__name__)
 
-# The candidates written for every task: (template, sample index); sample 0 is greedy, others sampled.
-# Greedy criteria is what the untrained generator writes with the adapter's template; greedy terse is
-# the Zero arm of the earlier benchmarks; the sampled ones widen the search around them. The structured
-# template is left out: the 1.5B's guidelines from it ran past 256 tokens and were cut.
-CANDIDATE_PLAN = (("criteria", 0), ("criteria", 1), ("criteria", 2), ("terse", 0), ("terse", 1))
+# The candidates written for every task: (template, sample index, temperature); sample 0 is greedy.
+# Greedy criteria is what the untrained generator writes with the adapter's template, and a fine-tune on
+# it alone teaches nothing; samples near it (T=0.5) and short APE-style "forward" proposals are the
+# candidates that can beat it, and greedy terse is the Zero arm of the earlier benchmarks. The first 4
+# tasks of the shipped run were collected with an earlier plan (criteria at T=0.8, terse sampled): their
+# records list their own candidates.
+CANDIDATE_PLAN = (
+    ("criteria", 0, 0.0),
+    ("criteria", 1, 0.5),
+    ("criteria", 2, 0.5),
+    ("terse", 0, 0.0),
+    ("forward", 1, 0.7),
+    ("forward", 2, 0.7),
+)
 CONFIRMED = 2  # candidates (best on pool A) scored again on pool B
 COLLECT_LOG = "collect.jsonl"
 MOVABLE = ("corpus", "output")  # paths that may differ between machines without changing the run
@@ -70,7 +79,6 @@ class ExpertIterationConfig:
     n: int = field(default=20, metadata={"help": "examples shown to the generator (fewer if the prompt is too long)"})
     m_select: int = field(default=20, metadata={"help": "pool A: follower examples that rank the candidates"})
     m_confirm: int = field(default=20, metadata={"help": "pool B: other examples that confirm the best against Naive"})
-    temperature: float = field(default=0.8, metadata={"help": "sampling temperature of sampled candidates"})
     max_instruction_tokens: int = field(default=256, metadata={"help": "a candidate cut at this length is dropped"})
     max_prompt_tokens: int = field(default=2048, metadata={"help": "shown examples are halved until the prompt fits"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank of the fine-tune"})
@@ -83,8 +91,6 @@ class ExpertIterationConfig:
         for name in ("n", "m_select", "m_confirm", "max_instruction_tokens", "epochs", "lora_r"):
             if getattr(self, name) < 1:
                 raise PromptMIIError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if not 0 < self.temperature <= 2:
-            raise PromptMIIError(f"temperature must be in (0, 2], got {self.temperature}")
 
 
 # ---------------------------------------------------------------- pure: pools and winners
@@ -204,11 +210,11 @@ def collect_task(
         log.warning("%s: follower failed on the Naive prefix (%s); retried next run", task.id, _first(naive_a.errors))
         return None
     candidates = []
-    for template, sample in CANDIDATE_PLAN:
+    for template, sample, temperature in CANDIDATE_PLAN:
         induce_config = InduceConfig(
             template=template,
             max_tokens=config.max_instruction_tokens,
-            temperature=0.0 if sample == 0 else config.temperature,
+            temperature=temperature,
             seed=config.seed * 1000 + sample,
         )
         instruction = induce(shots, task.labels, generator, induce_config)
@@ -219,6 +225,7 @@ def collect_task(
         candidate = {
             "template": template,
             "sample": sample,
+            "temperature": temperature,
             "instruction": instruction.text,
             "completion_tokens": instruction.completion_tokens,
             "truncated": truncated,
@@ -260,7 +267,7 @@ def fit_shots(
     shots: list[Example], labels: tuple[str, ...], generator: Backend, config: ExpertIterationConfig
 ) -> list[Example]:
     """Halve the shown examples until the longest meta-prompt of the plan fits max_prompt_tokens."""
-    templates = {t for t, _ in CANDIDATE_PLAN} | {config.template}
+    templates = {t for t, _, _ in CANDIDATE_PLAN} | {config.template}
     while True:
         longest = max(
             generator.count_tokens(prompts.meta_prompt(prompts.meta_template(t), shots, labels)) for t in templates
@@ -291,7 +298,8 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 def _write_config(out: Path, config: ExpertIterationConfig) -> None:
     """The run's config; a different stored config means a different run (change --output)."""
     path = out / models.RUN_CONFIG
-    current = asdict(config) | {"recipe": "expert-iteration"}
+    # as JSON reads it back (tuples become lists), so a stored config compares equal to the same config
+    current = json.loads(json.dumps(asdict(config) | {"recipe": "expert-iteration", "candidate_plan": CANDIDATE_PLAN}))
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
         changed = [
