@@ -31,7 +31,9 @@ def hidden_failures(directory: Path) -> list[dict]:
         if sample.get("error"):
             key = (sample["task"], sample["method"], sample["fingerprint"])
             sample_errors[key] = sample_errors.get(key, 0) + 1
-    latest = {row.key: row for row in rows}  # a failed row that a later row of its key redid is no longer open
+    # A failed row that a later row redid is no longer open. "The same row" is the same task, method and
+    # setting, not the same key: a redo written since schema 4 has a data hash in its fingerprint.
+    latest = {(row.task, row.method, row.n_shots, row.m, row.seed, row.follower, row.generator): row for row in rows}
     found = []
     for row in latest.values():
         problem = row.error if row.failed else None

@@ -394,3 +394,15 @@ def test_a_row_missing_fields_fails_in_one_line(tmp_path: Path) -> None:
     with pytest.raises(PromptMIIError, match=r"line 2 lacks fields \['macro_f1'\]") as error:
         write_report([path], tmp_path / "out")
     assert "\n" not in str(error.value)
+
+
+def test_a_failed_row_is_listed_until_a_row_of_the_same_setting_is_done(tmp_path: Path) -> None:
+    failed = row("t1", "naive", 0.2, status="failed", error="follower unreachable", fingerprint="old")
+    done = [row("t1", "naive", 0.6), row("t2", "naive", 0.4)]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    open_report = write_report([write(tmp_path / "a" / "results.jsonl", [failed, done[1]])], tmp_path / "ra")
+    assert "## Failed rows" in open_report.read_text() and "follower unreachable" in open_report.read_text()
+    redone = write_report([write(tmp_path / "b" / "results.jsonl", [failed, *done])], tmp_path / "rb")
+    assert "## Failed rows" not in redone.read_text()
+    assert by(read_csv(tmp_path / "rb" / "main.csv"), "arm")["naive"]["macro_f1"] == "0.5000"  # the failure's .2 is out

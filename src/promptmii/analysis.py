@@ -79,8 +79,10 @@ def write_report(results: list[Path], out: Path, *, bins: Path | None = None) ->
     rows, repeats = load_rows(results)
     for module in ("matplotlib", "scipy"):  # before writing anything, so a missing extra leaves no half report
         require(module, "report", "promptmii report")
-    failed = [row for row in rows if row.failed]
-    rows = [row for row in rows if not row.failed]  # a failed row's numbers are not results: listed, never averaged
+    rows_done = [row for row in rows if not row.failed]  # a failed row's numbers are not results: never averaged
+    redone = {_setting(row) for row in rows_done}
+    failed = [row for row in rows if row.failed and _setting(row) not in redone]  # open failures, listed
+    rows = rows_done
     bin_of = read_bins(bins) if bins is not None else None  # before writing anything: bad input fails cleanly
     out.mkdir(parents=True, exist_ok=True)
     groups = group(rows)
@@ -343,6 +345,11 @@ def _save(plt: Any, fig: Any, path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- report.md
+
+
+def _setting(row: Result) -> tuple:
+    """What makes two rows the same measurement: a done row of the same setting redoes a failed one."""
+    return (row.task, row.method, row.n_shots, row.m, row.seed, row.follower, row.generator)
 
 
 def _failed_section(failed: list[Result]) -> str:

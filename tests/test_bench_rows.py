@@ -1,0 +1,37 @@
+"""No committed benchmark row hides a failure, and the checker that says so can tell a redone row from an open one."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+from conftest import REPO
+
+
+def check_rows():
+    spec = importlib.util.spec_from_file_location("check_rows", REPO / "bench" / "check_rows.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_no_committed_benchmark_row_hides_a_failure() -> None:
+    dirs = sorted(p.parent for p in (REPO / "bench" / "runs").glob("*/results.jsonl"))
+    assert dirs
+    assert [record for d in dirs for record in check_rows().hidden_failures(d)] == []
+
+
+def test_a_failed_row_is_open_until_a_later_row_of_the_same_setting_is_done(tmp_path: Path) -> None:
+    committed = REPO / "bench" / "runs" / "search_vs_one_call" / "results.jsonl"
+    rows = [json.loads(line) for line in committed.read_text().splitlines() if line.strip()]
+    old = next(
+        r for r in rows if r["task"] == "fnc1_stance" and r["method"] == "promptmii-zero" and r["n_shots"] == 100
+    )
+    redo = [r for r in rows if r["task"] == old["task"] and r["method"] == old["method"] and r["n_shots"] == 100][-1]
+    assert old is not redo and old["schema_version"] < 4 and old["instruction"] == ""  # the failure, then its redo
+    (tmp_path / "results.jsonl").write_text(json.dumps(old) + "\n")
+    [open_row] = check_rows().hidden_failures(tmp_path)
+    assert "exceeds the context" in open_row["problem"] and open_row["written_as"] == "done (before schema 4)"
+    (tmp_path / "results.jsonl").write_text(json.dumps(old) + "\n" + json.dumps(redo) + "\n")
+    assert check_rows().hidden_failures(tmp_path) == []
