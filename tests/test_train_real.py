@@ -15,7 +15,6 @@ import pytest
 
 from conftest import write_corpus
 from promptmii import models, prompts
-from promptmii.backends import GenParams
 from promptmii.data import Example, Task
 from promptmii.train import TrainConfig, train
 from test_e2e_real import MONEY, NEGATIVE, POSITIVE, SPORT
@@ -82,7 +81,22 @@ def test_two_real_grpo_steps_log_real_rewards_and_move_the_lora_weights(trained_
     assert (run / "training.png").is_file()
 
 
-def test_exported_adapter_writes_the_same_greedy_instruction_as_transformers(trained_run) -> None:
+def test_exported_adapter_moves_llama_cpp_logits_as_the_merged_adapter_moves_transformers(
+    trained_run, tmp_path
+) -> None:
+    """The GGUF adapter is the peft adapter: its effect on the next-token logits is the same in both engines.
+
+    Comparing greedy texts is not a fair test: llama.cpp multiplies Q4_K weights with Q8 activations, the
+    transformers copy is the dequantized float32, so near-ties flip somewhere in a long generation. Here the
+    run's LoRA B is scaled up (two GRPO steps barely move it) so the adapter's effect dwarfs that difference,
+    and the change in logits it causes must agree between llama.cpp and transformers.
+    """
+    import shutil
+
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file, save_file
+
     from promptmii.backends.hf import HFBackend
     from promptmii.backends.llamacpp import LlamaCppBackend
     from promptmii.export import export_adapter
@@ -90,17 +104,29 @@ def test_exported_adapter_writes_the_same_greedy_instruction_as_transformers(tra
     run, _ = trained_run
     path = export_adapter(run)
     assert path == run / models.EXPORTED_ADAPTER and path.stat().st_size > 100_000
-    template = prompts.meta_template("terse")
-    chats = [
-        prompts.meta_prompt(
-            template, [Example(t, "alpha") for t in SPORT[:2]] + [Example(MONEY[0], "beta")], ["alpha", "beta"]
-        ),
-        prompts.meta_prompt(
-            template, [Example(t, "good") for t in POSITIVE[:2]] + [Example(NEGATIVE[0], "bad")], ["bad", "good"]
-        ),
-    ]
-    params = GenParams(max_tokens=32)
-    hf = HFBackend.from_training_run(run)
-    llama = LlamaCppBackend.from_training_run(run)
-    assert [g.text for g in llama.generate(chats, params)] == [g.text for g in hf.generate(chats, params)]
-    assert llama.model_id.startswith("run-lora@") and hf.model_id.startswith("run-lora@")
+    boosted = tmp_path / "run"
+    shutil.copytree(run, boosted, ignore=shutil.ignore_patterns("checkpoint-*", models.EXPORTED_ADAPTER))
+    weights_path = boosted / models.ADAPTER_DIR / "adapter_model.safetensors"
+    weights = load_file(str(weights_path))
+    save_file({k: v * 300 if "lora_B" in k else v for k, v in weights.items()}, str(weights_path))
+    export_adapter(boosted)
+    chat = prompts.meta_prompt(
+        prompts.meta_template("terse"),
+        [Example(t, "good") for t in POSITIVE[:2]] + [Example(NEGATIVE[0], "bad")],
+        ["bad", "good"],
+    )
+    base_llama = LlamaCppBackend.from_spec(models.FAST_MODEL)
+    tokens = base_llama._tokens(base_llama._render(chat))
+    llama_delta = LlamaCppBackend.from_training_run(boosted)._next_token_logits(tokens) - base_llama._next_token_logits(
+        tokens
+    )
+
+    def hf_logits(backend: HFBackend) -> np.ndarray:
+        with torch.no_grad():
+            return backend.model(input_ids=torch.tensor([tokens])).logits[0, -1].float().numpy()
+
+    hf_delta = hf_logits(HFBackend.from_training_run(boosted)) - hf_logits(HFBackend.from_spec(models.FAST_MODEL))
+    assert np.abs(hf_delta).max() > 1.0  # the boosted adapter does move the logits
+    assert np.corrcoef(llama_delta, hf_delta)[0, 1] > 0.95
+    assert 0.8 < np.linalg.norm(llama_delta) / np.linalg.norm(hf_delta) < 1.25  # the same scale: alpha / r kept
+    assert llama_delta.argmax() == hf_delta.argmax()
