@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 from hypothesis import settings
@@ -131,3 +133,12 @@ def tiny_policy(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> 
     AutoModelForCausalLM.from_config(config).save_pretrained(path)
     AutoTokenizer.from_pretrained(base).save_pretrained(path)
     return path
+
+
+def load_script(relative: str) -> ModuleType:
+    """A script of the repository that is not part of the package (docs/, bench/), imported from its file."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

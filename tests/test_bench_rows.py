@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, load_script
 
 
 def check_rows():
-    spec = importlib.util.spec_from_file_location("check_rows", REPO / "bench" / "check_rows.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/check_rows.py")
 
 
 def test_no_committed_benchmark_row_hides_a_failure() -> None:

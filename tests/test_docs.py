@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-
-from conftest import REPO
+from conftest import REPO, load_script
 
 
 def generator():
-    spec = importlib.util.spec_from_file_location("generate_cli_md", REPO / "docs" / "generate_cli_md.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("docs/generate_cli_md.py")
 
 
 def test_cli_md_matches_help() -> None:
