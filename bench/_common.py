@@ -50,6 +50,19 @@ def mean(values: list[float], digits: int = 4) -> float | None:
     return round(sum(values) / len(values), digits) if values else None
 
 
+def instruction_stats(rows: list[Result]) -> dict[str, Any]:
+    """How varied a generator's instructions are across tasks: a collapsed one writes one sentence everywhere.
+
+    distinct = different instruction texts (whitespace-trimmed) over the rows; mean_tokens = the generator's
+    completion tokens per row (the instruction's length). None for arms that write no instruction.
+    """
+    texts = [r.instruction.strip() for r in rows if r.generator]
+    if not texts:
+        return {"distinct_instructions": None, "rows": len(rows), "mean_instruction_tokens": None}
+    tokens = [r.generator_completion_tokens for r in rows if r.generator]
+    return {"distinct_instructions": len(set(texts)), "rows": len(texts), "mean_instruction_tokens": mean(tokens, 1)}
+
+
 def paired_ci(a: list[float], b: list[float], *, level: float = 0.95, seed: int = 0) -> dict[str, float]:
     """Mean of the per-task differences a - b with its bootstrap CI over tasks (paired: same tasks, same order)."""
     if len(a) != len(b) or not a:

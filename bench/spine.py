@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from _common import CORPUS, ROOT, machine, rows, write_json
+from _common import CORPUS, ROOT, instruction_stats, machine, rows, write_json
 from promptmii import models
 from promptmii.data import load_tasks
 from promptmii.experiment import EvalConfig, run_eval
@@ -83,6 +83,7 @@ def summarize(task_ids: list[str], found: list, config: EvalConfig) -> dict:
         "tasks_complete": len(done_tasks),
         "complete": len(done_tasks) == len(task_ids),
         "mean": {row["method"]: row for row in mean_by_method(complete_rows)},
+        "instructions": {m: instruction_stats([r for r in complete_rows if r.method == m]) for m in METHODS},
         "paper": PAPER,
         "per_task": [{k: getattr(r, k) for k in PER_TASK_FIELDS} for r in complete_rows],
     }

@@ -31,3 +31,21 @@ def test_a_failed_row_is_open_until_a_later_row_of_the_same_setting_is_done(tmp_
     assert "exceeds the context" in open_row["problem"] and open_row["written_as"] == "done (before schema 4)"
     (tmp_path / "results.jsonl").write_text(json.dumps(old) + "\n" + json.dumps(redo) + "\n")
     assert check_rows().hidden_failures(tmp_path) == []
+
+
+def test_instruction_stats_count_distinct_instructions_and_their_length() -> None:
+    from promptmii.results import read_results
+
+    stats = load_script("bench/_common.py").instruction_stats
+    rows = read_results(REPO / "bench" / "runs" / "trained_vs_zero" / "results.jsonl")
+    trained = [r for r in rows if r.method == "promptmii"]
+    # the 10-step GRPO generator wrote "Sort texts into categories." on 22 of 23 tasks: the collapse, counted
+    collapsed = stats(trained)
+    assert collapsed["rows"] == 23 and collapsed["distinct_instructions"] <= 2
+    expected = round(sum(r.generator_completion_tokens for r in trained) / 23, 1)
+    assert collapsed["mean_instruction_tokens"] == expected
+    assert stats([r for r in rows if r.generator is None]) == {
+        "distinct_instructions": None,
+        "rows": 0,
+        "mean_instruction_tokens": None,
+    }
