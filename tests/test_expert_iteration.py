@@ -267,3 +267,10 @@ def test_fine_tune_trains_the_lora_on_the_winners_and_saves_it(tmp_path: Path, t
     assert lora_b and any(abs(v).max() > 0 for v in lora_b)  # LoRA B starts at zero: non-zero means it trained
     log = ei.read_records(Path(cfg.output) / "fine_tune_log.jsonl")
     assert log and all("loss" in row for row in log)
+
+
+def test_fine_tune_refuses_a_collection_that_has_not_finished(tmp_path: Path):
+    corpus = write_corpus(tmp_path / "corpus", corpus_tasks(train_tasks=2))
+    records = [{"task": "train0", "n_shown": 4, "winner": None, "candidates": []}]
+    with pytest.raises(PromptMIIError, match="collection covers 1 of 2 train tasks"):
+        ei.fine_tune(config(tmp_path, corpus=str(corpus)), records)

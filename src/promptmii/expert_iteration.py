@@ -360,6 +360,13 @@ def fine_tune(config: ExpertIterationConfig, records: list[dict[str, Any]], *, r
     from trl import SFTConfig, SFTTrainer
 
     out = Path(config.output)
+    train_ids = {t.id for t in load_tasks(config.corpus, split="train")}
+    missing = train_ids - {r["task"] for r in records}
+    if missing:  # a fine-tune on part of the winners would be resumed later on a different dataset
+        raise PromptMIIError(
+            f"{out}: collection covers {len(train_ids) - len(missing)} of {len(train_ids)} train tasks "
+            f"(missing e.g. {sorted(missing)[0]}); run --stage collect until it finishes"
+        )
     rows = sft_rows(records, config)
     if not rows:
         raise DataError(f"{out}: no winners to fine-tune on (see the reasons in {COLLECT_LOG})")
