@@ -15,6 +15,9 @@ the same follower budget on fewer, better-measured decisions:
 3. **Fine-tune** (`fine_tune`, TRL's SFTTrainer, LoRA): the meta-prompt of the adapter's template with the
    task's shots -> the winner. Winners written from other templates teach the adapter's template to
    answer like them (context distillation).
+4. **Validate** (`validate`): export the adapter and compare it with Naive and Zero (same base and template)
+   on the validation split; `selection.json` promotes it only if it beats both.
+5. **Ship** (`ship`): copy a promoted adapter into the package with its sha256 in a manifest.
 
 Task hygiene is counted, never silent: a task whose labels the follower cannot emit, or where every
 instruction scores the same, or where nothing beats Naive, gives no training row and its reason goes
