@@ -167,9 +167,8 @@ def test_a_stored_config_that_differs_is_refused(tmp_path: Path):
         ei._write_config(out, config(tmp_path, n=5))
 
 
-def test_sft_rows_use_the_adapter_template_whatever_template_won(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_sft_rows_use_the_adapter_template_whatever_template_won(tmp_path: Path):
     task = small_task()
-    monkeypatch.setattr(ei, "load_tasks", lambda corpus, split: [task])
     cfg = config(tmp_path)
     shots, _, _ = ei.pools(task, cfg.n, cfg.m_select, cfg.m_confirm, cfg.seed)
     winner = {"template": "structured", "sample": 1, "usable": True, "instruction": "Judge the sentiment words."}
@@ -177,7 +176,7 @@ def test_sft_rows_use_the_adapter_template_whatever_template_won(tmp_path: Path,
         {"task": "sent", "n_shown": 4, "winner": 0, "candidates": [winner]},
         {"task": "sent", "n_shown": 4, "winner": None, "candidates": []},
     ]
-    rows = ei.sft_rows(records, cfg)
+    rows = ei.sft_rows(records, {task.id: task}, cfg)
     assert len(rows) == 1
     prompt = user_text(rows[0]["prompt"])
     assert prompt.startswith("You are writing the instruction for a language model that labels texts.")  # criteria

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -48,6 +47,7 @@ from promptmii.errors import DataError, PromptMIIError
 from promptmii.evaluate import run_follower
 from promptmii.experiment import DEFAULT_BACKEND
 from promptmii.induce import InduceConfig, induce
+from promptmii.results import append_lines, atomic_write, read_jsonl, read_results, set_aside_partial_line
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +183,7 @@ def collect(config: ExpertIterationConfig, *, task_ids: list[str] | None = None,
     if not tasks:
         raise DataError(f"{config.corpus}: no train-split tasks to collect from")
     path = out / COLLECT_LOG
+    set_aside_partial_line(path)  # a killed write: its task is redone, and the next line is not glued to it
     done = {r["task"]: r for r in read_records(path)}
     todo = [t for t in tasks if t.id not in done]
     if todo:
@@ -193,10 +194,7 @@ def collect(config: ExpertIterationConfig, *, task_ids: list[str] | None = None,
             record = collect_task(task, config, generator, follower)
             if record is None:
                 continue  # a failed call: nothing written, so the next run retries this task
-            with path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(record, ensure_ascii=False) + "\n")
-                f.flush()
-                os.fsync(f.fileno())
+            append_lines(path, [record])
             done[task.id] = record
     return [done[t.id] for t in tasks if t.id in done]
 
@@ -269,7 +267,11 @@ def collect_task(
 def fit_shots(
     shots: list[Example], labels: tuple[str, ...], generator: Backend, config: ExpertIterationConfig
 ) -> list[Example]:
-    """Halve the shown examples until the longest meta-prompt of the plan fits max_prompt_tokens."""
+    """Halve the shown examples until the longest meta-prompt of the plan fits max_prompt_tokens.
+
+    Halving keeps a prefix of the seeded shots, so `sft_rows` rebuilds them from `n_shown` alone; the
+    limit is a fine-tuning cost, not the generator's context, which induce fits on its own.
+    """
     templates = {t for t, _, _ in CANDIDATE_PLAN} | {config.template}
     while True:
         longest = max(
@@ -285,17 +287,7 @@ def fit_shots(
 
 def read_records(path: Path) -> list[dict[str, Any]]:
     """collect.jsonl rows; a half-written last line (a kill mid-write) is dropped so its task is redone."""
-    if not path.is_file():
-        return []
-    records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            log.warning("%s:%d is not a complete JSON line (a killed write); that task is redone", path, number)
-    return records
+    return read_jsonl(path) if path.is_file() else []
 
 
 def _write_config(out: Path, config: ExpertIterationConfig) -> None:
@@ -311,9 +303,7 @@ def _write_config(out: Path, config: ExpertIterationConfig) -> None:
         if changed:
             raise PromptMIIError(f"{out} holds a run with another config ({'; '.join(changed)}); use a new --output")
         return
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(current, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps(current, indent=2) + "\n")
 
 
 def _first(errors: list[str | None]) -> str:
@@ -323,13 +313,12 @@ def _first(errors: list[str | None]) -> str:
 # ---------------------------------------------------------------- stage 2: fine-tune on the winners
 
 
-def sft_rows(records: list[dict[str, Any]], config: ExpertIterationConfig) -> list[dict[str, Any]]:
+def sft_rows(records: list[dict[str, Any]], tasks: dict[str, Task], config: ExpertIterationConfig) -> list[dict]:
     """One conversational prompt-completion row per winner: the adapter's meta-prompt -> the winning instruction.
 
     The prompt is rebuilt from the task's shots with `config.template`, whatever template wrote the winner,
     so the adapter learns to answer its own meta-prompt the way the best instruction did.
     """
-    tasks = {t.id: t for t in load_tasks(config.corpus, split="train")}
     template = prompts.meta_template(config.template)
     rows = []
     for record in records:
@@ -363,14 +352,15 @@ def fine_tune(config: ExpertIterationConfig, records: list[dict[str, Any]], *, r
     from trl import SFTConfig, SFTTrainer
 
     out = Path(config.output)
-    train_ids = {t.id for t in load_tasks(config.corpus, split="train")}
+    tasks = {t.id: t for t in load_tasks(config.corpus, split="train")}
+    train_ids = set(tasks)
     missing = train_ids - {r["task"] for r in records}
     if missing:  # a fine-tune on part of the winners would be resumed later on a different dataset
         raise PromptMIIError(
             f"{out}: collection covers {len(train_ids) - len(missing)} of {len(train_ids)} train tasks "
             f"(missing e.g. {sorted(missing)[0]}); run --stage collect until it finishes"
         )
-    rows = sft_rows(records, config)
+    rows = sft_rows(records, tasks, config)
     if not rows:
         raise DataError(f"{out}: no winners to fine-tune on (see the reasons in {COLLECT_LOG})")
     policy_dir = models.policy_path(config.policy)
@@ -416,7 +406,7 @@ def fine_tune(config: ExpertIterationConfig, records: list[dict[str, Any]], *, r
     trainer.save_model(str(adapter_dir))
     tokenizer.save_pretrained(str(adapter_dir))
     history = [r for r in trainer.state.log_history if "loss" in r]
-    (out / "fine_tune_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in history), encoding="utf-8")
+    atomic_write(out / "fine_tune_log.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     return adapter_dir
 
 
@@ -462,7 +452,6 @@ def validate(config: ExpertIterationConfig, *, m: int = 100, quiet: bool = False
     """Export the adapter, run the gate on the validation split, write selection.json; returns the table."""
     from promptmii.experiment import results_dir, run_eval
     from promptmii.export import export_adapter
-    from promptmii.results import read_results
 
     out = Path(config.output)
     if not (out / models.EXPORTED_ADAPTER).is_file():
@@ -472,9 +461,7 @@ def validate(config: ExpertIterationConfig, *, m: int = 100, quiet: bool = False
     run_eval(tasks, gate_config(config, m), results, quiet=quiet)
     table = selection_table(read_results(results.results_path))
     table["adapter_sha256"] = models.file_sha256(out / models.EXPORTED_ADAPTER)
-    tmp = out / (SELECTION + ".tmp")
-    tmp.write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, out / SELECTION)
+    atomic_write(out / SELECTION, json.dumps(table, indent=2) + "\n")
     return table
 
 
@@ -515,5 +502,5 @@ def ship(config: ExpertIterationConfig, name: str, *, commit: str | None = None)
         "commit": commit,
         "note": f"expert iteration, meta-prompt template '{config.template}'",
     }
-    (target / models.MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    atomic_write(target / models.MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return target
