@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from promptmii.results import read_jsonl, read_results
+from promptmii.results import read_jsonl, read_results, setting
 
 ROOT = Path(__file__).resolve().parent
 
@@ -33,7 +33,7 @@ def hidden_failures(directory: Path) -> list[dict]:
             sample_errors[key] = sample_errors.get(key, 0) + 1
     # A failed row that a later row redid is no longer open. "The same row" is the same task, method and
     # setting, not the same key: a redo written since schema 4 has a data hash in its fingerprint.
-    latest = {(row.task, row.method, row.n_shots, row.m, row.seed, row.follower, row.generator): row for row in rows}
+    latest = {setting(row): row for row in rows}
     found = []
     for row in latest.values():
         problem = row.error if row.failed else None

@@ -20,7 +20,7 @@ from typing import Any
 
 from promptmii.errors import PromptMIIError, require
 from promptmii.metrics import bootstrap_ci, mean, wilcoxon_p
-from promptmii.results import Result, atomic_write, read_results
+from promptmii.results import Result, atomic_write, open_failures, read_results
 
 RESAMPLES = 10_000  # bootstrap resamples of tasks in the significance table
 SEED = 0  # the bootstrap's seed: fixed, so a report is reproducible from its files
@@ -79,10 +79,8 @@ def write_report(results: list[Path], out: Path, *, bins: Path | None = None) ->
     rows, repeats = load_rows(results)
     for module in ("matplotlib", "scipy"):  # before writing anything, so a missing extra leaves no half report
         require(module, "report", "promptmii report")
-    rows_done = [row for row in rows if not row.failed]  # a failed row's numbers are not results: never averaged
-    redone = {_setting(row) for row in rows_done}
-    failed = [row for row in rows if row.failed and _setting(row) not in redone]  # open failures, listed
-    rows = rows_done
+    failed = open_failures(rows)  # listed until redone
+    rows = [row for row in rows if not row.failed]  # a failed row's numbers are not results: never averaged
     bin_of = read_bins(bins) if bins is not None else None  # before writing anything: bad input fails cleanly
     out.mkdir(parents=True, exist_ok=True)
     groups = group(rows)
@@ -345,11 +343,6 @@ def _save(plt: Any, fig: Any, path: Path) -> Path:
 
 
 # ---------------------------------------------------------------- report.md
-
-
-def _setting(row: Result) -> tuple:
-    """What makes two rows the same measurement: a done row of the same setting redoes a failed one."""
-    return (row.task, row.method, row.n_shots, row.m, row.seed, row.follower, row.generator)
 
 
 def _failed_section(failed: list[Result]) -> str:

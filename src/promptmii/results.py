@@ -329,6 +329,18 @@ def read_results(path: Path) -> list[Result]:
     return rows
 
 
+def setting(row: Result) -> tuple:
+    """What makes two rows the same measurement, whatever their fingerprints (a redo since schema 4 hashes the
+    data, the failed row before it did not): task, method, shots, m, seed and models."""
+    return (row.task, row.method, row.n_shots, row.m, row.seed, row.follower, row.generator)
+
+
+def open_failures(rows: list[Result]) -> list[Result]:
+    """Failed rows that no later row of the same setting redid: what still has to be computed again."""
+    latest = {setting(row): row for row in rows}
+    return [row for row in latest.values() if row.failed]
+
+
 def read_done(path: Path) -> list[Result]:
     """The done rows of a results.jsonl: what summaries average (a failed row's numbers are not results)."""
     return [r for r in read_results(path) if not r.failed]
