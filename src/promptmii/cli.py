@@ -397,9 +397,10 @@ def train_ei_cmd(stage: str, quiet: bool, **fields: Any) -> None:
     with _errors_as_one_line():
         config = ExpertIterationConfig(**fields)
         report: dict[str, Any] = {}
-        records = ei.read_records(Path(config.output) / ei.COLLECT_LOG)
         if stage in ("all", "collect"):
             records = ei.collect(config, quiet=quiet)
+        else:
+            records = ei.read_records(Path(config.output) / ei.COLLECT_LOG)
         report["collect"] = ei.summarize(records)
         if stage in ("all", "fine-tune"):
             report["adapter"] = str(ei.fine_tune(config, records))

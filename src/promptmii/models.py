@@ -215,13 +215,14 @@ def available() -> list[dict[str, object]]:
         )
     for name, path in shipped_adapters().items():
         manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        adapter = path / EXPORTED_ADAPTER
         rows.append(
             {
                 "name": name,
                 "installed": True,
-                "assembled": (path / EXPORTED_ADAPTER).is_file(),
-                "size_mb": round((path / EXPORTED_ADAPTER).stat().st_size / 1e6),
-                "path": str(path / EXPORTED_ADAPTER),
+                "assembled": adapter.is_file(),  # a missing file is shown, and refused when the adapter is used
+                "size_mb": round(adapter.stat().st_size / 1e6) if adapter.is_file() else 0,
+                "path": str(adapter),
                 "hf_copy": "",
                 "note": f"trained generator: LoRA on {manifest['base']}, {manifest['note']}",
             }
