@@ -335,7 +335,7 @@ def test_lora_tensor_names_follow_llama_cpp() -> None:
 
 @pytest.mark.real  # trains a tiny random model with TRL on the bundled 0.5B's tokenizer: minutes
 def test_a_trained_run_is_a_generator_for_induce_and_eval(tmp_path, corpus, tiny_policy, random_follower):
-    train(tiny_config(tmp_path, tiny_policy, max_steps=1, eval_steps=0))
+    train(tiny_config(tmp_path, tiny_policy, max_steps=1, eval_steps=0, template="criteria"))
     run = str(tmp_path / "run")
     data = tmp_path / "data.csv"
     data.write_text("text,label\n" + "".join(f'"{e.text}",{e.label}\n' for e in sentiment_examples(40)))
@@ -364,6 +364,7 @@ def test_a_trained_run_is_a_generator_for_induce_and_eval(tmp_path, corpus, tiny
     assert result.exit_code == 0, result.output
     [row] = [json.loads(line) for line in result.stdout.splitlines()]
     assert row["method"] == "promptmii" and row["generator"].startswith("run-lora@") and row["m"] == 10
+    assert row["template"] == "criteria"  # the run's own meta-prompt, not the default
 
 
 # ---------------------------------------------------------------- on a GPU (skipped without one)

@@ -21,7 +21,7 @@ from promptmii.backends import GenParams
 from promptmii.cli import main
 from promptmii.data import Task
 from promptmii.errors import PromptMIIError
-from promptmii.induce import InduceConfig
+from promptmii.induce import InduceConfig, induce
 from promptmii.results import read_results
 from promptmii.tune import (
     COMPONENT,
@@ -182,20 +182,31 @@ def register(home: Path, name: str, generator: str, body: str = TUNED, **header:
 
 
 def test_auto_selection_by_model_id_and_template_override(promptmii_home: Path, tmp_path: Path) -> None:
+    generator = make_generator()
     assert metaprompts.for_generator("fake-generator").name == prompts.DEFAULT_TEMPLATE
     register(promptmii_home, "other", "another-model", body="{labels} {examples} other")
     register(promptmii_home, "mine", "fake-generator", validation_macro_f1="0.6")
     register(promptmii_home, "mine-worse", "fake-generator", body="{labels}{examples}", validation_macro_f1="0.4")
-    chosen = metaprompts.resolve(None, "fake-generator")
+    chosen = metaprompts.for_backend(None, generator)
     assert (chosen.name, chosen.text) == ("home/mine", TUNED)
-    assert metaprompts.resolve("terse", "fake-generator").text == prompts.meta_template("terse")
-    assert metaprompts.resolve("home/mine-worse", "fake-generator").text == "{labels}{examples}"
+    assert metaprompts.for_backend("terse", generator).text == prompts.meta_template("terse")
+    assert metaprompts.for_backend("home/mine-worse", generator).text == "{labels}{examples}"
     with pytest.raises(PromptMIIError, match="did you mean 'terse'"):
-        metaprompts.resolve("terce", "fake-generator")
+        metaprompts.for_backend("terce", generator)
     bad = tmp_path / "bad.txt"
     bad.write_text("no placeholders")
     with pytest.raises(PromptMIIError, match="lacks \\{labels\\} and \\{examples\\}"):
-        metaprompts.resolve(str(bad), "fake-generator")
+        metaprompts.for_backend(str(bad), generator)
+
+
+def test_a_trained_generator_gets_the_template_it_was_trained_with(promptmii_home: Path) -> None:
+    register(promptmii_home, "mine", "fake-generator", validation_macro_f1="0.6")
+    trained = make_generator()
+    trained.trained_template = "criteria"  # what a backend loaded from a training run carries
+    assert metaprompts.for_backend(None, trained).name == "criteria"  # not the base's tuned template
+    assert metaprompts.for_backend("terse", trained).name == "terse"  # --template still wins
+    made = induce(sentiment_examples(4), LABELS, trained, InduceConfig())
+    assert made.template == "criteria" and made.template_sha256 == metaprompts.builtin("criteria").sha256
 
 
 def test_eval_rows_record_the_template_and_it_is_in_the_fingerprint(

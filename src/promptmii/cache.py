@@ -59,6 +59,7 @@ class CachedBackend:
         self.backend = backend
         self.model_id = backend.model_id
         self.context_length = backend.context_length
+        self.trained_template = getattr(backend, "trained_template", None)
         # The backend's class, seen through another cache: a search journal wraps the run's cache, or
         # the backend itself under --no-cache, and both must find the same journal rows.
         self._kind = backend._kind if isinstance(backend, CachedBackend) else type(backend).__name__

@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from promptmii import metaprompts, models, prompts
+from promptmii import models, prompts
 from promptmii.backends import redact
 from promptmii.classify import OUTPUT_FORMATS, ClassifyConfig, classify
 from promptmii.corpus import BuildConfig
@@ -566,7 +566,7 @@ def _instruction_file(
         format_constraint=prompts.format_constraint(task.labels),
         follower=config.follower,
         generator=getattr(config, role),
-        template=metaprompts.resolve(config.template, backends.get(role).model_id, config.follower).name,
+        template=backends.template(role).name,
         n=config.n,
         seed=config.seed,
         decoding=config.decoding,

@@ -153,8 +153,8 @@ class Backends:
         return self._loaded[spec]
 
     def template(self, role: str) -> metaprompts.Template:
-        """The meta-prompt of a generator role: --template if given, else the one tuned for that generator."""
-        return metaprompts.resolve(self.config.template, self.get(role).model_id, self.get("follower").model_id)
+        """The meta-prompt of a generator role: --template, else the trained generator's, else the tuned one."""
+        return metaprompts.for_backend(self.config.template, self.get(role), self.get("follower").model_id)
 
 
 def run_eval(

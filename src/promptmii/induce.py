@@ -59,13 +59,14 @@ def induce(
     """Write a task instruction from labelled examples with exactly one generator call.
 
     The meta-prompt is `template` when given (a caller that already resolved it, or a tuning
-    candidate), else config.template, else the tuned template registered for the generator. When the
-    meta-prompt and `max_tokens` exceed the generator's context, the longest examples are left out until
-    it fits (`n_examples` says how many were shown); when not even one fits, it refuses.
+    candidate), else config.template, else a trained generator's own template, else the tuned template
+    registered for the generator. When the meta-prompt and `max_tokens` exceed the generator's
+    context, the longest examples are left out until it fits (`n_examples` says how many were shown);
+    when not even one fits, it refuses.
     """
     if not examples:
         raise PromptMIIError("induce needs at least one labelled example")
-    template = template or metaprompts.resolve(config.template, generator.model_id)
+    template = template or metaprompts.for_backend(config.template, generator)
     limit = generator.context_length - config.max_tokens
 
     def fits(shown: list[Example]) -> bool:

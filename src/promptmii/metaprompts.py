@@ -20,9 +20,13 @@ import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from promptmii import models, prompts
 from promptmii.errors import PromptMIIError
+
+if TYPE_CHECKING:
+    from promptmii.backends import Backend
 
 log = logging.getLogger(__name__)
 
@@ -164,9 +168,16 @@ def for_generator(model_id: str, follower: str | None = None) -> Template:
     return max(matches, key=lambda t: _float(t.header.get("validation_macro_f1")))  # first of equals
 
 
-def resolve(spec: str | None, model_id: str, follower: str | None = None) -> Template:
-    """--template SPEC if given (it always wins), else auto-selection for the generator."""
-    return named(spec) if spec else for_generator(model_id, follower)
+def for_backend(spec: str | None, generator: Backend, follower: str | None = None) -> Template:
+    """--template SPEC if given, else the template a trained generator was trained with, else auto-selection.
+
+    A trained generator writes good instructions only inside the meta-prompt it was trained on, so its
+    run's template (the backend's `trained_template`) beats any tuned template registered for the base.
+    """
+    if spec:
+        return named(spec)
+    trained = getattr(generator, "trained_template", None)
+    return named(trained) if trained else for_generator(generator.model_id, follower)
 
 
 def slug(model_id: str) -> str:

@@ -286,6 +286,11 @@ def run_policy(run: Path) -> str:
     return json.loads((run / RUN_CONFIG).read_text(encoding="utf-8"))["policy"]
 
 
+def run_template(run: Path) -> str | None:
+    """The meta-prompt template a training run was trained with: a trained generator is run with it."""
+    return json.loads((run / RUN_CONFIG).read_text(encoding="utf-8")).get("template")
+
+
 def trained_for(spec: str | None) -> str | None:
     """The follower a generator spec was meta-trained against, when the spec names a training run."""
     if not spec:

@@ -30,6 +30,7 @@ class HFBackend:
     """One transformers causal LM and its tokenizer, with the chat template the model ships."""
 
     token_counter = "hf"  # the model's own tokenizer and chat template
+    trained_template: str | None = None  # a trained generator's meta-prompt (metaprompts.for_backend)
 
     def __init__(self, model: Any, tokenizer: Any, model_id: str):
         """Wrap a loaded model (the training loop's policy, for validation) or use `load`/`from_spec`."""
@@ -85,7 +86,9 @@ class HFBackend:
         if not (adapter / "adapter_config.json").is_file():
             raise ModelFileError(f"{run}: no trained adapter yet ({models.ADAPTER_DIR}/ is written when training ends)")
         base = models.policy_path(models.run_policy(run))
-        return cls.load(base, f"{run.resolve().name}-lora@{_weights_digest(adapter)[:12]}", adapter=adapter)
+        backend = cls.load(base, f"{run.resolve().name}-lora@{_weights_digest(adapter)[:12]}", adapter=adapter)
+        backend.trained_template = models.run_template(run)
+        return backend
 
     # ------------------------------------------------------------ the Backend protocol
 

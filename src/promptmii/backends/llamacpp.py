@@ -86,6 +86,7 @@ class LlamaCppBackend:
     """One GGUF model in llama.cpp, loaded once and shared by every caller in the process."""
 
     token_counter = "llamacpp"  # the GGUF's own tokenizer and chat template
+    trained_template: str | None = None  # a trained generator's meta-prompt (metaprompts.for_backend)
 
     def __init__(
         self,
@@ -169,7 +170,9 @@ class LlamaCppBackend:
                 f"{run}: the policy {policy} is a transformers directory; llama.cpp needs its GGUF (use hf:{run})"
             )
         name = f"{run.resolve().name}-lora@{models.file_sha256(adapter)[:12]}"
-        return cls(models.ensure_bundled(policy), name, lora=adapter)
+        backend = cls(models.ensure_bundled(policy), name, lora=adapter)
+        backend.trained_template = models.run_template(run)
+        return backend
 
     # ------------------------------------------------------------ the Backend protocol
 
