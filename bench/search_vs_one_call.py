@@ -5,9 +5,9 @@ the sorted test ids: banking77, fnc1_stance, go_emotions, mr, mrpc, politeness_w
 tweet_eval_emotion (all have the 100 train rows n=100 needs). n=20 shown examples, then n=100; m=100
 scored, seed 0; the bundled Qwen2.5-Coder-1.5B is
 follower, generator and reflection LM, as in bench/spine.py, whose naive, icl:20, icl:100 and
-promptmii-zero rows are reused (same follower, tasks, n, m, seed). promptmii is the trained 0.5B
-generator (bench/trained_vs_zero.py's run and settings): its n=20 rows come from that benchmark, its
-n=100 rows are run here. APE runs with its default budget (2,000 follower
+promptmii-zero rows are reused (same follower, tasks, n, m, seed). promptmii is the shipped trained
+generator with bench/trained_vs_zero.py's settings (its base, its training template, 512 instruction
+tokens): its n=20 rows come from that benchmark when it has them, its n=100 rows are run here. APE runs with its default budget (2,000 follower
 calls) and GEPA with the reference's (150 metric calls).
 
 GEPA runs on every task first (minutes a task), then APE (about an hour a task on 2 cores); then the
@@ -29,10 +29,10 @@ from pathlib import Path
 from _common import CORPUS, ROOT, machine, mean, paired_ci, rows, write_json
 from promptmii import models
 from promptmii.data import Task, load_tasks
-from promptmii.errors import ModelFileError
+from promptmii.errors import ModelFileError, PromptMIIError
 from promptmii.experiment import EvalConfig, run_eval
 from promptmii.results import Result, ResultsDir
-from trained_vs_zero import RUN, trained_config  # the trained generator: its run and settings
+from trained_vs_zero import is_arm_row, trained_config, trained_run  # the trained generator and its settings
 
 MODEL = f"llamacpp:{models.DEFAULT_MODEL}"
 TASK_DRAW_SEED, TASK_COUNT = 0, 8
@@ -73,16 +73,15 @@ def main() -> None:
         for n, method in PLAN:
             try:
                 run_eval(tasks, plan_config(n, method), out, quiet=False)
-            except ModelFileError as error:
-                # The trained run lives in $PROMPTMII_HOME, not the repository: a fresh machine lacks it until
-                # bench/train_curve.py and bench/trained_vs_zero.py rebuild it. The searches go on without it.
+            except (ModelFileError, PromptMIIError) as error:
+                # No trained generator is shipped yet (or its file is broken): the searches go on without it.
                 if method != "promptmii":
                     raise
                 print(f"skip promptmii n={n}: {error}")
     found = _rows(out.results_path)
     found += _rows(ROOT / "runs" / "spine" / "results.jsonl")
     found += [r for r in _rows(ROOT / "runs" / "trained_vs_zero" / "results.jsonl") if r.method == "promptmii"]
-    summary = summarize(task_ids, found)
+    summary = summarize(task_ids, found, _trained())
     if args.summarize_only:  # rewritten from saved rows: the rows' timings were taken on the recorded machine
         summary["machine"] = machine(Path(args.out))
     write_json(Path(args.out), summary)
@@ -100,20 +99,29 @@ def text_chars(task: Task) -> int:
 def plan_config(n: int, method: str) -> EvalConfig:
     """The 1.5B as follower and generator; the trained arm as bench/trained_vs_zero.py runs it."""
     if method == "promptmii":
-        return trained_config(RUN, (method,), n)
+        return trained_config((method,), n, 0, trained_run())
     return EvalConfig(methods=(method,), n=n, m=100, follower=MODEL, base_generator=MODEL, template="terse", seed=0)
 
 
 def _rows(path: Path) -> list[Result]:
-    """Rows of the benchmark's settings: m=100, seed 0, the terse template for generated instructions."""
-    templated = ("promptmii", "promptmii-zero")  # the template decides only these methods' numbers
+    """Rows of the benchmark's settings: m=100, seed 0, the terse template for Zero, the shipped trained generator."""
+    run = _trained()
     return [
         r
         for r in rows(path)
         if r.m == 100
         and r.seed == 0
-        and (r.method not in templated or (r.template or r.config.get("template")) == "terse")
+        and (r.method != "promptmii-zero" or (r.template or r.config.get("template")) == "terse")
+        and (r.method != "promptmii" or (run is not None and is_arm_row(r, run, n=r.config.get("n"))))
     ]
+
+
+def _trained() -> Path | None:
+    """The shipped trained generator's run, or None while there is none."""
+    try:
+        return trained_run()
+    except PromptMIIError:
+        return None
 
 
 def cost(r: Result) -> dict:
@@ -140,7 +148,7 @@ def cost(r: Result) -> dict:
     }
 
 
-def summarize(task_ids: list[str], found: list[Result]) -> dict:
+def summarize(task_ids: list[str], found: list[Result], trained: Path | None) -> dict:
     latest = {(r.task, r.method, r.n_shots): r for r in found if r.task in task_ids}
     by_n = {}
     for n, all_arms in ARMS.items():
@@ -171,7 +179,11 @@ def summarize(task_ids: list[str], found: list[Result]) -> dict:
         "task_draw": f"random.Random({TASK_DRAW_SEED}).sample(sorted(test task ids), {TASK_COUNT})",
         "follower": MODEL,
         "generator": f"{MODEL} (promptmii-zero, ape proposals, gepa reflection)",
-        "trained_generator": "bench/runs/trained_vs_zero (0.5B + LoRA, 10 GRPO steps)",
+        "trained_generator": (
+            f"{models.run_policy(trained)} + LoRA adapter {trained.name} (template {models.run_template(trained)})"
+            if trained
+            else None
+        ),
         "m": 100,
         "budgets": {"ape": "2,000 follower calls", "gepa": "150 metric calls (follower calls)"},
         "by_n": by_n,

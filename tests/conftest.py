@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -136,9 +137,16 @@ def tiny_policy(tmp_path_factory: pytest.TempPathFactory, model_store: Path) -> 
 
 
 def load_script(relative: str) -> ModuleType:
-    """A script of the repository that is not part of the package (docs/, bench/), imported from its file."""
+    """A script of the repository that is not part of the package (docs/, bench/), imported from its file.
+
+    Its folder is on sys.path while it loads, as when it runs: bench scripts import bench/_common.py.
+    """
     path = REPO / relative
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
     return module

@@ -291,15 +291,26 @@ def run_template(run: Path) -> str | None:
     return json.loads((run / RUN_CONFIG).read_text(encoding="utf-8")).get("template")
 
 
-def trained_for(spec: str | None) -> str | None:
-    """The follower a generator spec was meta-trained against, when the spec names a training run."""
+def training_run(spec: str | None) -> Path | None:
+    """The training run a generator spec names (a run directory, or a shipped adapter's name), else None."""
     if not spec:
         return None
     _, _, target = spec.rpartition(":") if not Path(spec).expanduser().exists() else ("", "", spec)
+    if target in shipped_adapters():
+        return shipped_adapters()[target]
     run = Path(target).expanduser()
-    if not is_training_run(run):
-        return None
-    return json.loads((run / RUN_CONFIG).read_text(encoding="utf-8")).get("follower")
+    return run if is_training_run(run) else None
+
+
+def trained_for(spec: str | None) -> str | None:
+    """The follower a generator spec was meta-trained against, when the spec names a training run."""
+    run = training_run(spec)
+    return json.loads((run / RUN_CONFIG).read_text(encoding="utf-8")).get("follower") if run else None
+
+
+def adapter_model_id(run: Path) -> str:
+    """The model id (cache keys, result rows) of a run's exported adapter on llama.cpp: its name and sha256."""
+    return f"{run.resolve().name}-lora@{file_sha256(run / EXPORTED_ADAPTER)[:12]}"
 
 
 def policy_path(policy: str) -> Path:

@@ -169,8 +169,7 @@ class LlamaCppBackend:
             raise ModelFileError(
                 f"{run}: the policy {policy} is a transformers directory; llama.cpp needs its GGUF (use hf:{run})"
             )
-        name = f"{run.resolve().name}-lora@{models.file_sha256(adapter)[:12]}"
-        backend = cls(models.ensure_bundled(policy), name, lora=adapter)
+        backend = cls(models.ensure_bundled(policy), models.adapter_model_id(run), lora=adapter)
         backend.trained_template = models.run_template(run)
         return backend
 

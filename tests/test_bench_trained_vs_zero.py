@@ -1,0 +1,74 @@
+"""bench/trained_vs_zero.py's summary: which rows count, the means over tasks and seeds, the goals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from conftest import load_script
+from promptmii import models
+from test_analysis import row
+
+FOLLOWER = "llamacpp:qwen2.5-coder-1.5b-instruct"
+F1 = {"naive": 0.50, "icl:20": 0.52, "icl:100": 0.55, "promptmii-zero": 0.48, "promptmii": 0.56}
+TOKENS = {"naive": 90, "icl:20": 1000, "icl:100": 5000, "promptmii-zero": 300, "promptmii": 200}
+
+
+def training_run(tmp_path: Path) -> Path:
+    run = tmp_path / "ei-run"
+    run.mkdir()
+    (run / models.RUN_CONFIG).write_text(json.dumps({"policy": "qwen2.5-coder-1.5b-instruct", "template": "criteria"}))
+    (run / models.EXPORTED_ADAPTER).write_bytes(b"GGUF" + bytes(100))
+    return run
+
+
+def arm_row(run: Path, task: str, seed: int, arm: str, f1: float, **config) -> object:
+    generated = arm.startswith("promptmii")
+    return row(
+        task,
+        arm,
+        f1,
+        seed=seed,
+        m=100,
+        prompt_tokens_per_query=TOKENS[arm],
+        generator=models.adapter_model_id(run) if arm == "promptmii" else ("base@1" if generated else None),
+        template="criteria" if generated else None,
+        instruction=f"{arm} instruction for {task}" if generated else "",
+        generator_completion_tokens=40 if generated else 0,
+        config={"n": 20, "follower": FOLLOWER, "base_generator": "llamacpp:qwen2.5-coder-1.5b-instruct"} | config,
+    )
+
+
+def test_summary_means_over_tasks_and_seeds_with_paired_cis_and_goals(tmp_path: Path) -> None:
+    bench = load_script("bench/trained_vs_zero.py")
+    run = training_run(tmp_path)
+    rows = [
+        arm_row(run, task, seed, arm, F1[arm] + 0.01 * seed)
+        for task in ("a", "b")
+        for seed in (0, 1)
+        for arm in bench.ARMS
+    ]
+    rows += [
+        arm_row(run, "a", 0, "promptmii-zero", 0.9, base_generator="llamacpp:other"),  # another base: not this arm
+        arm_row(run, "a", 0, "naive", 0.9, n=5),  # another n
+        arm_row(run, "c", 0, "promptmii", 0.9),  # a task with one arm so far
+    ]
+    summary = bench.summarize(["a", "b", "c"], bench.pick(rows, run), run)
+    assert summary["tasks_complete"] == 2 and not summary["complete"]
+    assert summary["mean"]["promptmii"]["macro_f1"] == 0.565 and summary["mean"]["promptmii-zero"]["macro_f1"] == 0.485
+    assert summary["by_seed"]["1"]["naive"] == 0.51
+    assert summary["paired_macro_f1"]["promptmii - promptmii-zero"]["mean_difference"] == 0.08
+    assert summary["goals"] == {"trained_minus_zero": 0.08, "trained_minus_naive": 0.06, "token_ratio_vs_icl100": 0.04}
+    assert summary["goal_met"]
+    assert summary["adapter_sha256"] == models.file_sha256(run / models.EXPORTED_ADAPTER)
+    assert summary["template"] == "criteria" and summary["seeds"] == [0, 1]
+    assert summary["instruction_stats"]["promptmii"]["0"]["distinct_instructions"] == 2
+    assert summary["so_far"]["0"]["tasks"] == 2  # task c lacks seed 0's other arms
+
+
+def test_no_goal_is_met_without_complete_tasks(tmp_path: Path) -> None:
+    bench = load_script("bench/trained_vs_zero.py")
+    run = training_run(tmp_path)
+    summary = bench.summarize(["a"], bench.pick([arm_row(run, "a", 0, "promptmii", 0.9)], run), run)
+    assert summary["tasks_complete"] == 0 and not summary["goal_met"]
+    assert summary["mean"]["promptmii"]["macro_f1"] is None and summary["paired_macro_f1"] == {}
