@@ -31,13 +31,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from click.testing import CliRunner
 
+from _common import write_json
 from promptmii import models
 from promptmii.backends import get_backend
 from promptmii.classify import ClassifyConfig, classify
@@ -46,7 +46,6 @@ from promptmii.data import Example
 from promptmii.evaluate import run_follower
 from promptmii.instruction_file import load_instruction_file
 from promptmii.parse import INVALID
-from promptmii.results import git_sha
 
 ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
@@ -71,10 +70,6 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-classify-"))
     summary = {
         "benchmark": "classify",
-        "argv": sys.argv,
-        "git_sha": git_sha(),
-        "versions": {p: _version(p) for p in ("promptmii", "llama-cpp-python", "numpy", "click", "tqdm")},
-        "python": platform.python_version(),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
         "follower": args.follower,
         "generator": args.generator,
@@ -258,17 +253,9 @@ def _invoke(args: list[str]) -> None:
         raise SystemExit(f"promptmii {args[0]} failed: {result.output.strip().splitlines()[-1:]}")
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def _write(path: str, summary: dict) -> None:
-    """Rewritten after each part, so a killed run keeps what it measured."""
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(summary, indent=2) + "\n")
+    """Rewritten after each part (with its provenance), so a killed run keeps what it measured."""
+    write_json(Path(path), summary)
 
 
 if __name__ == "__main__":
