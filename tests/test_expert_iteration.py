@@ -156,6 +156,8 @@ def test_config_rejects_bad_values(tmp_path: Path):
         config(tmp_path, template="critera")
     with pytest.raises(PromptMIIError, match="m_select must be at least 1"):
         config(tmp_path, m_select=0)
+    with pytest.raises(PromptMIIError, match="batch_size must be at least 1"):
+        config(tmp_path, batch_size=0)
 
 
 def test_a_stored_config_that_differs_is_refused(tmp_path: Path):

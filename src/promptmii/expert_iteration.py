@@ -85,13 +85,14 @@ class ExpertIterationConfig:
     max_instruction_tokens: int = field(default=256, metadata={"help": "a candidate cut at this length is dropped"})
     max_prompt_tokens: int = field(default=2048, metadata={"help": "shown examples are halved until the prompt fits"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank of the fine-tune"})
-    learning_rate: float = field(default=1e-4, metadata={"help": "fine-tuning learning rate (LoRA)"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "fine-tuning learning rate (LoRA)"})
     epochs: int = field(default=2, metadata={"help": "passes over the winners"})
+    batch_size: int = field(default=2, metadata={"help": "winners per update (gradient accumulation of single rows)"})
     seed: int = field(default=0, metadata={"help": "shots, pools, sampling and data order"})
 
     def __post_init__(self) -> None:
         prompts.meta_template(self.template)  # raises with "did you mean"
-        for name in ("n", "m_select", "m_confirm", "max_instruction_tokens", "epochs", "lora_r"):
+        for name in ("n", "m_select", "m_confirm", "max_instruction_tokens", "epochs", "lora_r", "batch_size"):
             if getattr(self, name) < 1:
                 raise PromptMIIError(f"{name} must be at least 1, got {getattr(self, name)}")
 
@@ -370,7 +371,7 @@ def fine_tune(config: ExpertIterationConfig, records: list[dict[str, Any]], *, r
         output_dir=str(out / "checkpoints"),
         num_train_epochs=config.epochs,
         per_device_train_batch_size=1,
-        gradient_accumulation_steps=4,
+        gradient_accumulation_steps=config.batch_size,
         learning_rate=config.learning_rate,
         # constant, no warm-up: a run is tens of updates, and a warm-up's first update runs at learning rate 0
         lr_scheduler_type="constant",
