@@ -379,7 +379,10 @@ def fine_tune(config: ExpertIterationConfig, records: list[dict[str, Any]], *, r
         max_grad_norm=1.0,
         max_length=config.max_prompt_tokens + config.max_instruction_tokens,
         gradient_checkpointing=False,  # activations of one ~2k-token row fit in memory; recomputing costs ~30%
-        bf16=False,
+        # bfloat16 autocast (float32 weights and LoRA): a forward+backward of the 0.5B with LoRA on 768 tokens took
+        # 48-55 s against 106-123 s in float32 on 2 AVX512-BF16 cores, the same loss to 3 digits
+        bf16=True,
+        use_cpu=not torch.cuda.is_available(),  # transformers refuses bf16 without a GPU unless told it is on CPU
         logging_steps=1,
         save_strategy="steps",
         save_steps=5,
