@@ -75,9 +75,9 @@ def main() -> None:
         "generator": args.generator,
     }
     summary["round_trip"] = round_trip(args, work)
-    _write(args.out, summary)
+    write_json(Path(args.out), summary)  # after each part: a killed run keeps what it measured
     summary["throughput"] = throughput(args, work, work / "induce" / "instruction.json")
-    _write(args.out, summary)
+    write_json(Path(args.out), summary)
     summary["memory"] = memory(args, work, work / "induce" / "instruction.json")
     summary["machine"]["loadavg_at_end"] = os.getloadavg()
     summary["goals_met"] = {
@@ -85,7 +85,7 @@ def main() -> None:
         "rows_per_second_ratio": summary["throughput"]["ratio"] >= GOAL_RATIO,
         "memory_flat": summary["memory"]["flat"],
     }
-    _write(args.out, summary)
+    write_json(Path(args.out), summary)
     print(json.dumps(summary["goals_met"]), file=sys.stderr)
 
 
@@ -251,11 +251,6 @@ def _invoke(args: list[str]) -> None:
     result = CliRunner().invoke(cli, args, catch_exceptions=False)
     if result.exit_code != 0:
         raise SystemExit(f"promptmii {args[0]} failed: {result.output.strip().splitlines()[-1:]}")
-
-
-def _write(path: str, summary: dict) -> None:
-    """Rewritten after each part (with its provenance), so a killed run keeps what it measured."""
-    write_json(Path(path), summary)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from promptmii.data import Task, load_tasks
 from promptmii.errors import ModelFileError, PromptMIIError
 from promptmii.experiment import EvalConfig, run_eval
 from promptmii.results import Result, ResultsDir
-from trained_vs_zero import is_arm_row, trained_config, trained_run  # the trained generator and its settings
+from trained_vs_zero import TrainedArm, is_arm_row, trained_config, trained_run  # the trained generator, its settings
 
 MODEL = f"llamacpp:{models.DEFAULT_MODEL}"
 TASK_DRAW_SEED, TASK_COUNT = 0, 8
@@ -65,6 +65,7 @@ def main() -> None:
     args = parser.parse_args()
 
     task_ids = drawn_tasks(args.corpus)
+    trained = _trained()
     out = ResultsDir(Path(args.runs))
     if not args.summarize_only:
         # Shortest texts first: a search's time grows with them (fnc1_stance's news bodies make its APE
@@ -72,16 +73,16 @@ def main() -> None:
         tasks = sorted(load_tasks(args.corpus, split="test", task_ids=task_ids), key=text_chars)
         for n, method in PLAN:
             try:
-                run_eval(tasks, plan_config(n, method), out, quiet=False)
+                run_eval(tasks, plan_config(n, method, trained), out, quiet=False)
             except (ModelFileError, PromptMIIError) as error:
                 # No trained generator is shipped yet (or its file is broken): the searches go on without it.
                 if method != "promptmii":
                     raise
                 print(f"skip promptmii n={n}: {error}")
-    found = _rows(out.results_path)
-    found += _rows(ROOT / "runs" / "spine" / "results.jsonl")
-    found += [r for r in _rows(ROOT / "runs" / "trained_vs_zero" / "results.jsonl") if r.method == "promptmii"]
-    summary = summarize(task_ids, found, _trained())
+    found = _rows(out.results_path, trained)
+    found += _rows(ROOT / "runs" / "spine" / "results.jsonl", trained)
+    found += [r for r in _rows(ROOT / "runs" / "trained_vs_zero" / "results.jsonl", trained) if r.method == "promptmii"]
+    summary = summarize(task_ids, found, trained)
     if args.summarize_only:  # rewritten from saved rows: the rows' timings were taken on the recorded machine
         summary["machine"] = machine(Path(args.out))
     write_json(Path(args.out), summary)
@@ -96,30 +97,31 @@ def text_chars(task: Task) -> int:
     return sum(len(e.text) for e in task.train + task.test)
 
 
-def plan_config(n: int, method: str) -> EvalConfig:
+def plan_config(n: int, method: str, trained: TrainedArm | None) -> EvalConfig:
     """The 1.5B as follower and generator; the trained arm as bench/trained_vs_zero.py runs it."""
     if method == "promptmii":
-        return trained_config((method,), n, 0, trained_run())
+        if trained is None:
+            raise PromptMIIError("no trained generator is shipped")
+        return trained_config((method,), n, 0, trained)
     return EvalConfig(methods=(method,), n=n, m=100, follower=MODEL, base_generator=MODEL, template="terse", seed=0)
 
 
-def _rows(path: Path) -> list[Result]:
+def _rows(path: Path, trained: TrainedArm | None) -> list[Result]:
     """Rows of the benchmark's settings: m=100, seed 0, the terse template for Zero, the shipped trained generator."""
-    run = _trained()
     return [
         r
         for r in rows(path)
         if r.m == 100
         and r.seed == 0
         and (r.method != "promptmii-zero" or (r.template or r.config.get("template")) == "terse")
-        and (r.method != "promptmii" or (run is not None and is_arm_row(r, run, n=r.config.get("n"))))
+        and (r.method != "promptmii" or (trained is not None and is_arm_row(r, trained, n=r.config.get("n"))))
     ]
 
 
-def _trained() -> Path | None:
-    """The shipped trained generator's run, or None while there is none."""
+def _trained() -> TrainedArm | None:
+    """The shipped trained generator, or None while there is none."""
     try:
-        return trained_run()
+        return TrainedArm.of(trained_run())
     except PromptMIIError:
         return None
 
@@ -148,7 +150,7 @@ def cost(r: Result) -> dict:
     }
 
 
-def summarize(task_ids: list[str], found: list[Result], trained: Path | None) -> dict:
+def summarize(task_ids: list[str], found: list[Result], trained: TrainedArm | None) -> dict:
     latest = {(r.task, r.method, r.n_shots): r for r in found if r.task in task_ids}
     by_n = {}
     for n, all_arms in ARMS.items():
@@ -179,11 +181,7 @@ def summarize(task_ids: list[str], found: list[Result], trained: Path | None) ->
         "task_draw": f"random.Random({TASK_DRAW_SEED}).sample(sorted(test task ids), {TASK_COUNT})",
         "follower": MODEL,
         "generator": f"{MODEL} (promptmii-zero, ape proposals, gepa reflection)",
-        "trained_generator": (
-            f"{models.run_policy(trained)} + LoRA adapter {trained.name} (template {models.run_template(trained)})"
-            if trained
-            else None
-        ),
+        "trained_generator": trained.description if trained else None,
         "m": 100,
         "budgets": {"ape": "2,000 follower calls", "gepa": "150 metric calls (follower calls)"},
         "by_n": by_n,

@@ -72,7 +72,7 @@ def summarize(run: Path) -> dict:
     ]
     rewards = [s["train_reward"] for s in steps if s["train_reward"] is not None]
     window = max(1, min(10, len(rewards) // 2))
-    config = json.loads((run / models.RUN_CONFIG).read_text()) if (run / models.RUN_CONFIG).is_file() else {}
+    config = models.run_config(run) if models.is_training_run(run) else {}
     return {
         "benchmark": "train_curve",
         "config": {k: v for k, v in config.items() if k not in ("corpus", "output")},

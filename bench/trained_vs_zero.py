@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from _common import CORPUS, REPO, ROOT, instruction_stats, machine, mean, paired_ci, rows, write_json
@@ -53,17 +54,18 @@ def main() -> None:
     args = parser.parse_args()
 
     run = trained_run(args.generator)
+    if not (run / models.EXPORTED_ADAPTER).is_file() and not args.summarize_only:
+        export_adapter(run)
+    arm = TrainedArm.of(run)
     tasks = load_tasks(args.corpus, split="test")
     out = ResultsDir(Path(args.runs))
     if not args.summarize_only:
-        if not (run / models.EXPORTED_ADAPTER).is_file():
-            export_adapter(run)
         for seed, methods in PLAN:
-            run_eval(tasks, trained_config(methods, N, seed, run), out, quiet=False)
+            run_eval(tasks, trained_config(methods, N, seed, arm), out, quiet=False)
     found = rows(out.results_path) + [
         r for r in rows(ROOT / "runs" / "spine" / "results.jsonl") if r.method in FROM_SPINE and r.seed == 0
     ]
-    summary = summarize([t.id for t in tasks], pick(found, run), run)
+    summary = summarize([t.id for t in tasks], pick(found, arm), arm)
     if args.summarize_only:  # rewritten from saved rows: the rows' timings were taken on the recorded machine
         summary["machine"] = machine(Path(args.out))
     write_json(Path(args.out), summary)
@@ -81,40 +83,57 @@ def trained_run(spec: str | None = None) -> Path:
     return run
 
 
-def trained_config(methods: tuple[str, ...], n: int = N, seed: int = 0, run: Path | None = None) -> EvalConfig:
+@dataclass(frozen=True)
+class TrainedArm:
+    """The measured generator as its rows name it, read once from its run (the adapter must be exported)."""
+
+    run: Path
+    base_generator: str  # the run's policy as a llama.cpp spec: the Zero arm's generator
+    template: str | None  # the meta-prompt it was trained with: both generator arms use it
+    model_id: str  # what the trained arm's rows record as their generator
+
+    @classmethod
+    def of(cls, run: Path) -> TrainedArm:
+        config = models.run_config(run)
+        return cls(run, f"llamacpp:{config['policy']}", config.get("template"), models.adapter_model_id(run))
+
+    @property
+    def description(self) -> str:
+        return f"{self.base_generator} + LoRA adapter {self.run.name} (template {self.template})"
+
+
+def trained_config(methods: tuple[str, ...], n: int, seed: int, arm: TrainedArm) -> EvalConfig:
     """The arms as this benchmark runs them: the run's base and template for Zero, base + adapter for promptmii."""
-    run = run or trained_run()
     return EvalConfig(
         methods=methods,
         n=n,
         m=M,
         follower=FOLLOWER,
-        base_generator=f"llamacpp:{models.run_policy(run)}",
-        generator=f"llamacpp:{run.resolve()}",
-        template=models.run_template(run),
+        base_generator=arm.base_generator,
+        generator=f"llamacpp:{arm.run.resolve()}",
+        template=arm.template,
         max_instruction_tokens=GATE_INSTRUCTION_TOKENS,
         seed=seed,
     )
 
 
-def is_arm_row(r: Result, run: Path, n: int = N) -> bool:
+def is_arm_row(r: Result, arm: TrainedArm, n: int = N) -> bool:
     """Whether a row was made with this benchmark's settings for its arm (other runs share the directories)."""
     if r.m != M or r.config.get("n") != n or r.config.get("follower") != FOLLOWER:
         return False
     if r.method == "promptmii":
-        return r.generator == models.adapter_model_id(run)
+        return r.generator == arm.model_id
     if r.method == "promptmii-zero":
-        same_base = r.config.get("base_generator") == f"llamacpp:{models.run_policy(run)}"
-        return same_base and r.template == models.run_template(run)
+        return r.config.get("base_generator") == arm.base_generator and r.template == arm.template
     return True
 
 
-def pick(found: list[Result], run: Path) -> dict[tuple[str, int, str], Result]:
+def pick(found: list[Result], arm: TrainedArm) -> dict[tuple[str, int, str], Result]:
     """(task, seed, arm) -> the latest row of the benchmark's settings."""
-    return {(r.task, r.seed, r.method): r for r in found if r.method in ARMS and r.seed in SEEDS and is_arm_row(r, run)}
+    return {(r.task, r.seed, r.method): r for r in found if r.method in ARMS and r.seed in SEEDS and is_arm_row(r, arm)}
 
 
-def summarize(task_ids: list[str], latest: dict[tuple[str, int, str], Result], run: Path) -> dict:
+def summarize(task_ids: list[str], latest: dict[tuple[str, int, str], Result], arm: TrainedArm) -> dict:
     done = [t for t in task_ids if all((t, s, a) in latest for s in SEEDS for a in ARMS)]
     picked = {arm: [latest[(t, s, arm)] for t in done for s in SEEDS] for arm in ARMS}
     means = {arm: arm_mean(picked[arm]) for arm in ARMS}
@@ -137,14 +156,14 @@ def summarize(task_ids: list[str], latest: dict[tuple[str, int, str], Result], r
         and goals["trained_minus_naive"] >= GOAL_OVER_NAIVE
         and token_ratio <= GOAL_TOKEN_RATIO
     )
-    sha256 = models.file_sha256(run / models.EXPORTED_ADAPTER)
+    run = arm.run
     return {
         "benchmark": "trained_vs_zero",
-        "generator": f"{models.run_policy(run)} + LoRA adapter {run.name} (template {models.run_template(run)})",
-        "base_generator": f"llamacpp:{models.run_policy(run)}",
+        "generator": arm.description,
+        "base_generator": arm.base_generator,
         "adapter": _relative(run / models.EXPORTED_ADAPTER),
-        "adapter_sha256": sha256,
-        "template": models.run_template(run),
+        "adapter_sha256": models.file_sha256(run / models.EXPORTED_ADAPTER),
+        "template": arm.template,
         "follower": FOLLOWER,
         "n": N,
         "m": M,

@@ -53,7 +53,8 @@ def test_summary_means_over_tasks_and_seeds_with_paired_cis_and_goals(tmp_path: 
         arm_row(run, "a", 0, "naive", 0.9, n=5),  # another n
         arm_row(run, "c", 0, "promptmii", 0.9),  # a task with one arm so far
     ]
-    summary = bench.summarize(["a", "b", "c"], bench.pick(rows, run), run)
+    arm = bench.TrainedArm.of(run)
+    summary = bench.summarize(["a", "b", "c"], bench.pick(rows, arm), arm)
     assert summary["tasks_complete"] == 2 and not summary["complete"]
     assert summary["mean"]["promptmii"]["macro_f1"] == 0.565 and summary["mean"]["promptmii-zero"]["macro_f1"] == 0.485
     assert summary["by_seed"]["1"]["naive"] == 0.51
@@ -69,6 +70,7 @@ def test_summary_means_over_tasks_and_seeds_with_paired_cis_and_goals(tmp_path: 
 def test_no_goal_is_met_without_complete_tasks(tmp_path: Path) -> None:
     bench = load_script("bench/trained_vs_zero.py")
     run = training_run(tmp_path)
-    summary = bench.summarize(["a"], bench.pick([arm_row(run, "a", 0, "promptmii", 0.9)], run), run)
+    arm = bench.TrainedArm.of(run)
+    summary = bench.summarize(["a"], bench.pick([arm_row(run, "a", 0, "promptmii", 0.9)], arm), arm)
     assert summary["tasks_complete"] == 0 and not summary["goal_met"]
     assert summary["mean"]["promptmii"]["macro_f1"] is None and summary["paired_macro_f1"] == {}

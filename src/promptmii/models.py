@@ -281,14 +281,19 @@ def is_training_run(path: Path) -> bool:
     return (path / RUN_CONFIG).is_file()
 
 
+def run_config(run: Path) -> dict:
+    """A training run's stored config (promptmii_train.json): policy, follower, template, ..."""
+    return json.loads((run / RUN_CONFIG).read_text(encoding="utf-8"))
+
+
 def run_policy(run: Path) -> str:
     """The policy (bundled model name or model directory) a training run started from."""
-    return json.loads((run / RUN_CONFIG).read_text(encoding="utf-8"))["policy"]
+    return run_config(run)["policy"]
 
 
 def run_template(run: Path) -> str | None:
     """The meta-prompt template a training run was trained with: a trained generator is run with it."""
-    return json.loads((run / RUN_CONFIG).read_text(encoding="utf-8")).get("template")
+    return run_config(run).get("template")
 
 
 def training_run(spec: str | None) -> Path | None:
@@ -296,8 +301,9 @@ def training_run(spec: str | None) -> Path | None:
     if not spec:
         return None
     _, _, target = spec.rpartition(":") if not Path(spec).expanduser().exists() else ("", "", spec)
-    if target in shipped_adapters():
-        return shipped_adapters()[target]
+    shipped = shipped_adapters()
+    if target in shipped:
+        return shipped[target]
     run = Path(target).expanduser()
     return run if is_training_run(run) else None
 
@@ -305,7 +311,7 @@ def training_run(spec: str | None) -> Path | None:
 def trained_for(spec: str | None) -> str | None:
     """The follower a generator spec was meta-trained against, when the spec names a training run."""
     run = training_run(spec)
-    return json.loads((run / RUN_CONFIG).read_text(encoding="utf-8")).get("follower") if run else None
+    return run_config(run).get("follower") if run else None
 
 
 def adapter_model_id(run: Path) -> str:
