@@ -119,7 +119,8 @@ def trained_config(methods: tuple[str, ...], n: int, seed: int, arm: TrainedArm)
 
 def is_arm_row(r: Result, arm: TrainedArm, n: int = N) -> bool:
     """Whether a row was made with this benchmark's settings for its arm (other runs share the directories)."""
-    if r.m != M or r.config.get("n") != n or r.config.get("follower") != FOLLOWER:
+    # the m asked for: a small task (cb has 56 test-side rows) records fewer scored rows in r.m
+    if r.config.get("m", r.m) != M or r.config.get("n") != n or r.config.get("follower") != FOLLOWER:
         return False
     if r.method == "promptmii":
         return r.generator == arm.model_id
@@ -204,12 +205,24 @@ def arm_mean(picked: list[Result]) -> dict[str, float | None]:
 
 
 def so_far(task_ids: list[str], latest: dict[tuple[str, int, str], Result]) -> dict:
-    """While the run is under way: per seed, the arms' macro-F1 over the tasks where that seed has them all."""
+    """While the run is under way: per seed, the arms' macro-F1 over the tasks where that seed has them all,
+    with the trained arm's paired CIs, tokens and instruction variety once that seed has it."""
     partial = {}
     for s in SEEDS:
         arms = [a for a in ARMS if any((t, s, a) in latest for t in task_ids)]
         tasks = [t for t in task_ids if all((t, s, a) in latest for a in arms)]
         partial[str(s)] = {"tasks": len(tasks), **{a: mean([latest[(t, s, a)].macro_f1 for t in tasks]) for a in arms}}
+        if "promptmii" in arms and len(tasks) > 1:
+            f1 = {a: [latest[(t, s, a)].macro_f1 for t in tasks] for a in arms}
+            partial[str(s)]["paired_macro_f1"] = {
+                f"promptmii - {a}": paired_ci(f1["promptmii"], f1[a]) for a in arms if a != "promptmii"
+            }
+            partial[str(s)]["prompt_tokens_per_query"] = {
+                a: mean([latest[(t, s, a)].prompt_tokens_per_query for t in tasks], 1) for a in arms
+            }
+            partial[str(s)]["instruction_stats"] = {
+                a: instruction_stats([latest[(t, s, a)] for t in tasks]) for a in ("promptmii-zero", "promptmii")
+            }
     return partial
 
 

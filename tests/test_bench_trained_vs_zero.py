@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -65,6 +66,18 @@ def test_summary_means_over_tasks_and_seeds_with_paired_cis_and_goals(tmp_path: 
     assert summary["template"] == "criteria" and summary["seeds"] == [0, 1]
     assert summary["instruction_stats"]["promptmii"]["0"]["distinct_instructions"] == 2
     assert summary["so_far"]["0"]["tasks"] == 2  # task c lacks seed 0's other arms
+    so_far = summary["so_far"]["0"]
+    assert so_far["paired_macro_f1"]["promptmii - naive"]["mean_difference"] == 0.06
+    assert so_far["instruction_stats"]["promptmii"]["distinct_instructions"] == 2
+
+
+def test_a_small_task_counts_at_the_m_asked_for(tmp_path: Path) -> None:
+    bench = load_script("bench/trained_vs_zero.py")
+    run = training_run(tmp_path)
+    arm = bench.TrainedArm.of(run)
+    small = dataclasses.replace(arm_row(run, "cb", 0, "promptmii", 0.3, m=100), m=56)  # cb has 56 rows to score
+    other = arm_row(run, "cb", 0, "naive", 0.3, m=50)  # a run that asked for m=50
+    assert bench.is_arm_row(small, arm) and not bench.is_arm_row(other, arm)
 
 
 def test_no_goal_is_met_without_complete_tasks(tmp_path: Path) -> None:
