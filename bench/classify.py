@@ -10,18 +10,26 @@ Three measurements, all on the real bundled model (the 0.5B by default), written
    CSV out, chunks, flushes) and by `evaluate.run_follower` (the raw follower loop that `eval` uses)
    behind the same instruction on the same loaded model, cold KV cache each time, in the order raw,
    ours, ours, raw (`--repeats` rounds). Goal: classify's rows/s >= 0.9 x the raw loop's.
-3. Memory. `promptmii classify` as a child process on each of `--memory-rows` rows; its peak RSS
-   (wait4's ru_maxrss) and the highest anonymous RSS sampled (every 0.5 s) in the second half of the
-   run: the peak counts the model's memory-mapped pages, which move with the machine's memory pressure.
-   Goal: flat, the larger file adds less than FLAT_MB of anonymous memory.
+3. Memory. `promptmii classify` as a child process, twice per pair of file sizes; its peak RSS
+   (the kernel's VmHWM of the child, read every 0.5 s; wait4's ru_maxrss would report this process's
+   size at the fork, as Linux carries the larger of the two across exec) and the highest anonymous RSS
+   sampled in the second half of the run: the peak counts the model's memory-mapped pages, which move with the machine's memory pressure.
+   Goal: flat, the larger file adds less than FLAT_MB of anonymous memory. Two pairs:
+   - `--model-memory-rows` (1,000 and 3,000) on the real follower: llama.cpp's own allocations must not
+     grow with the rows. 20,000 rows would take about 3 hours of the 0.5B on 2 cores, longer than a session.
+   - `--memory-rows` (1,000 and 20,000) with the openai: backend against a local OpenAI-compatible server
+     that answers at once (tests/fault_server.py): classify's own reading, batching, concurrency and
+     writing at the full size, the model's time taken out.
 
     python bench/classify.py                       # full run -> bench/results/classify.json (hours on 2 cores)
-    python bench/classify.py --rows 20 --memory-rows 20,40 --n 4 --m 5 --repeats 1 --out /tmp/classify.json
+    python bench/classify.py --rows 20 --model-memory-rows 20,40 --memory-rows 100,2000 --n 4 --m 5 --repeats 1 \
+        --out /tmp/classify.json
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import itertools
 import json
@@ -31,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -64,7 +73,8 @@ def main() -> None:
     parser.add_argument("--max-instruction-tokens", type=int, default=1024)
     parser.add_argument("--rows", type=int, default=500, help="rows of the throughput comparison")
     parser.add_argument("--repeats", type=int, default=2, help="raw, ours, ours, raw rounds of the throughput")
-    parser.add_argument("--memory-rows", default="1000,20000", help="file sizes whose peak RSS is compared")
+    parser.add_argument("--model-memory-rows", default="1000,3000", help="file sizes compared on the real follower")
+    parser.add_argument("--memory-rows", default="1000,20000", help="file sizes compared against a local server")
     parser.add_argument("--out", default=str(ROOT / "results" / "classify.json"))
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-classify-"))
@@ -78,12 +88,16 @@ def main() -> None:
     write_json(Path(args.out), summary)  # after each part: a killed run keeps what it measured
     summary["throughput"] = throughput(args, work, work / "induce" / "instruction.json")
     write_json(Path(args.out), summary)
-    summary["memory"] = memory(args, work, work / "induce" / "instruction.json")
+    instruction = work / "induce" / "instruction.json"
+    summary["memory"] = {"model": memory(_sizes(args.model_memory_rows), args.follower, work, instruction)}
+    write_json(Path(args.out), summary)
+    with local_server(instruction) as spec:
+        summary["memory"]["server"] = memory(_sizes(args.memory_rows), spec, work, instruction)
     summary["machine"]["loadavg_at_end"] = os.getloadavg()
     summary["goals_met"] = {
         "round_trip_identical": summary["round_trip"]["identical"],
         "rows_per_second_ratio": summary["throughput"]["ratio"] >= GOAL_RATIO,
-        "memory_flat": summary["memory"]["flat"],
+        "memory_flat": summary["memory"]["model"]["flat"] and summary["memory"]["server"]["flat"],
     }
     write_json(Path(args.out), summary)
     print(json.dumps(summary["goals_met"]), file=sys.stderr)
@@ -167,31 +181,44 @@ def throughput(args: argparse.Namespace, work: Path, instruction_path: Path) -> 
     }
 
 
-def memory(args: argparse.Namespace, work: Path, instruction_path: Path) -> dict:
+@contextlib.contextmanager
+def local_server(instruction_path: Path) -> Iterator[str]:
+    """An OpenAI-compatible server in this process that answers every request at once with a valid label."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from fault_server import FaultServer  # the test suite's server; tests/ is not a package
+
+    labels = load_instruction_file(instruction_path).labels
+    server = FaultServer(answer=lambda messages: labels[len(messages[-1]["content"]) % len(labels)])
+    server.record = False  # 20,000 request bodies kept for tests' inspection would only cost memory here
+    try:
+        yield f"openai:test-model@{server.url}?concurrency=8"
+    finally:
+        server.close()
+
+
+def memory(sizes: list[int], follower: str, work: Path, instruction_path: Path) -> dict:
     """Peak RSS of `promptmii classify` as a child process, per file size."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
     rows = []
-    for count in [int(x) for x in args.memory_rows.split(",")]:
+    for count in sizes:
         data = work / f"memory-{count}.csv"
         _write_csv(data, _tickets(count))
         out = work / f"memory-{count}.labelled.csv"
         out.unlink(missing_ok=True)
         command = [
             sys.executable, "-m", "promptmii.cli", "classify", str(instruction_path), str(data), "-o", str(out),
-            "--follower", args.follower, "--no-cache", "-q",
+            "--follower", follower, "--no-cache", "-q",
         ]  # fmt: skip
         start = time.perf_counter()
         child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
-        samples = []  # anonymous RSS while it runs
-        while True:
-            pid, status, usage = os.wait4(child.pid, os.WNOHANG)  # wait4, not poll(): it keeps the rusage
-            if pid:
-                break
-            samples.append(_rss_mb(child.pid))
+        samples, high_water = [], 0.0  # anonymous RSS while it runs; VmHWM only grows
+        while child.poll() is None:
+            anon, hwm = _memory_mb(child.pid)
+            if anon is not None:
+                samples.append(anon)
+                high_water = max(high_water, hwm)
             time.sleep(0.5)
-        child.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.perf_counter() - start
-        samples = [s for s in samples if s is not None]
         if child.returncode != 0:
             raise SystemExit(f"classify on {count} rows exited {child.returncode}")
         with out.open(newline="") as f:
@@ -200,7 +227,7 @@ def memory(args: argparse.Namespace, work: Path, instruction_path: Path) -> dict
             {
                 "rows": count,
                 "labelled": labelled,
-                "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),  # Linux reports KiB
+                "peak_rss_mb": high_water,
                 # the highest anonymous RSS in the second half of the run: rows held in memory would raise it
                 "late_peak_anon_mb": max(samples[len(samples) // 2 :]) if samples else None,
                 "rss_samples": len(samples),
@@ -213,6 +240,7 @@ def memory(args: argparse.Namespace, work: Path, instruction_path: Path) -> dict
     lates = [r["late_peak_anon_mb"] for r in (rows[0], rows[-1])]
     late_growth = lates[1] - lates[0] if None not in lates else None
     return {
+        "follower": follower.split("?")[0],
         "rows": rows,
         "growth_mb": round(growth, 1),
         "late_peak_anon_growth_mb": round(late_growth, 1) if late_growth is not None else None,
@@ -223,14 +251,23 @@ def memory(args: argparse.Namespace, work: Path, instruction_path: Path) -> dict
     }
 
 
-def _rss_mb(pid: int) -> float | None:
-    """A process's resident anonymous memory now (Linux /proc: heap, KV cache, not mapped files), or None."""
+def _sizes(text: str) -> list[int]:
+    return [int(x) for x in text.split(",")]
+
+
+def _memory_mb(pid: int) -> tuple[float | None, float]:
+    """A process's (anonymous RSS now, peak RSS so far) in MB from Linux /proc; (None, 0) once it is gone.
+
+    Anonymous memory is the process's own (heap, KV cache); the peak (VmHWM) also counts mapped model pages.
+    """
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:
-        return None
-    line = next((x for x in status.splitlines() if x.startswith("RssAnon:")), None)
-    return round(int(line.split()[1]) / 1024, 1) if line else None
+        return None, 0.0
+    fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+    if "RssAnon" not in fields or "VmHWM" not in fields:  # a zombie has no memory lines
+        return None, 0.0
+    return tuple(round(int(fields[k].split()[0]) / 1024, 1) for k in ("RssAnon", "VmHWM"))
 
 
 def _tickets(count: int) -> list[Example]:

@@ -23,6 +23,7 @@ class FaultServer:
         self.faults: list[tuple] = []
         self.fail_forever: tuple | None = None
         self.requests: list[dict[str, Any]] = []
+        self.record = True  # keep every request in `requests` (a benchmark sending 20,000 turns it off)
         self.tokenize = False  # serve vLLM's POST /tokenize
         self._lock = threading.Lock()
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -64,7 +65,8 @@ class FaultServer:
                     pass
 
             def do_GET(self) -> None:
-                server.requests.append({"path": self.path, "headers": dict(self.headers), "body": None})
+                if server.record:
+                    server.requests.append({"path": self.path, "headers": dict(self.headers), "body": None})
                 if self.path.endswith("/models"):
                     listed = [{"id": m, **server.model_info.get(m, {})} for m in server.models]
                     self._send(200, {"object": "list", "data": listed})
@@ -74,7 +76,8 @@ class FaultServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", 0))
                 body = json.loads(self.rfile.read(length) or b"{}")
-                server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
+                if server.record:
+                    server.requests.append({"path": self.path, "headers": dict(self.headers), "body": body})
                 if self.path == "/tokenize" and server.tokenize:
                     words = sum(len(m["content"].split()) for m in body["messages"])
                     return self._send(200, {"count": words + 5, "max_model_len": 4096})
