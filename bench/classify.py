@@ -1,6 +1,7 @@
 """classify: its speed against the raw follower, its memory against the file size, and the induce round trip.
 
-Three measurements, all on the real bundled model (the 0.5B by default), written to one JSON file:
+Three measurements on the real bundled model (the 0.5B by default; one memory pair against a local
+server), written to one JSON file:
 
 1. Round trip. `promptmii induce examples/support_tickets.csv` (promptmii-zero, n shown rows, m held-out
    rows, no cache) writes instruction.json and samples.jsonl; `promptmii classify` then labels the same
@@ -86,9 +87,9 @@ def main() -> None:
     }
     summary["round_trip"] = round_trip(args, work)
     write_json(Path(args.out), summary)  # after each part: a killed run keeps what it measured
-    summary["throughput"] = throughput(args, work, work / "induce" / "instruction.json")
-    write_json(Path(args.out), summary)
     instruction = work / "induce" / "instruction.json"
+    summary["throughput"] = throughput(args, work, instruction)
+    write_json(Path(args.out), summary)
     summary["memory"] = {"model": memory(_sizes(args.model_memory_rows), args.follower, work, instruction)}
     write_json(Path(args.out), summary)
     with local_server(instruction) as spec:

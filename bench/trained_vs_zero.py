@@ -211,9 +211,9 @@ def so_far(task_ids: list[str], latest: dict[tuple[str, int, str], Result]) -> d
     for s in SEEDS:
         arms = [a for a in ARMS if any((t, s, a) in latest for t in task_ids)]
         tasks = [t for t in task_ids if all((t, s, a) in latest for a in arms)]
-        partial[str(s)] = {"tasks": len(tasks), **{a: mean([latest[(t, s, a)].macro_f1 for t in tasks]) for a in arms}}
+        f1 = {a: [latest[(t, s, a)].macro_f1 for t in tasks] for a in arms}
+        partial[str(s)] = {"tasks": len(tasks), **{a: mean(f1[a]) for a in arms}}
         if "promptmii" in arms and len(tasks) > 1:
-            f1 = {a: [latest[(t, s, a)].macro_f1 for t in tasks] for a in arms}
             partial[str(s)]["paired_macro_f1"] = {
                 f"promptmii - {a}": paired_ci(f1["promptmii"], f1[a]) for a in arms if a != "promptmii"
             }
