@@ -12,7 +12,8 @@ registered by `promptmii tune` in $PROMPTMII_HOME/templates/), so tune first (do
 
 Goal (1.5B generator): tuned >= naive + 0.02 and >= default + 0.03 mean macro-F1, at <= 300 prompt
 tokens/query. Rows go to bench/runs/metaprompt_tuning/ (resumable); the summary to
-bench/results/metaprompt_tuning.json.
+bench/results/metaprompt_tuning.json. Naive, icl:20 and the 1.5B's default-template Zero arm are read from
+bench/runs/spine (same settings, run once) where it has them; --no-reuse runs them here too.
 """
 
 from __future__ import annotations
@@ -20,31 +21,33 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from dataclasses import replace
-from importlib.metadata import version
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from _common import CORPUS, ROOT, machine, rows, write_json
 from promptmii import metaprompts, models, prompts
 from promptmii.data import load_tasks
 from promptmii.experiment import Backends, EvalConfig, run_eval
 from promptmii.metrics import bootstrap_ci, mean, wilcoxon_p
-from promptmii.results import ResultsDir, git_sha, read_results
+from promptmii.results import Result, ResultsDir
 
-ROOT = Path(__file__).resolve().parent
 FOLLOWER = f"llamacpp:{models.DEFAULT_MODEL}"
 GENERATORS = {"1.5b": f"llamacpp:{models.DEFAULT_MODEL}", "0.5b": f"llamacpp:{models.FAST_MODEL}"}
 SHARED_ARMS = ("naive", "icl:20")
+# bench/spine.py ran these arms with this benchmark's settings (test split, seed 0, n=20, m=100, follower 1.5B;
+# the 1.5B generator with the default template and 1,024 tokens): their rows are read, not run again.
+SPINE_ROWS = ROOT / "runs" / "spine" / "results.jsonl"
+REUSABLE = (*SHARED_ARMS, "promptmii-zero/default/1.5b")
 GOAL = {"generator": "1.5b", "over_naive": 0.02, "over_default": 0.03, "max_prompt_tokens_per_query": 300}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--corpus", default=str(ROOT.parent.parent / "shared" / "corpus"))
+    parser.add_argument("--corpus", default=str(CORPUS))
     parser.add_argument("--runs", default=str(ROOT / "runs" / "metaprompt_tuning"))
     parser.add_argument("--out", default=str(ROOT / "results" / "metaprompt_tuning.json"))
     parser.add_argument("--generators", default=",".join(GENERATORS), help="short names: 1.5b,0.5b")
@@ -52,15 +55,16 @@ def main() -> None:
     parser.add_argument("--m", type=int, default=100)
     parser.add_argument("--tasks", type=int, default=0, help="first K test tasks only (a smoke run) [0 = all]")
     parser.add_argument("--summarize-only", action="store_true")
+    parser.add_argument("--no-reuse", action="store_true", help="run every arm here, none read from the spine run")
     args = parser.parse_args()
 
     tasks = load_tasks(args.corpus, split="test")[: args.tasks or None]
+    task_ids = [t.id for t in tasks]
     base = EvalConfig(methods=SHARED_ARMS, n=20, m=args.m, follower=args.follower, base_generator=args.follower)
     out = ResultsDir(Path(args.runs))
-    generators = {}
     start = time.time()
-    if not args.summarize_only:
-        run_eval(tasks, base, out)
+    configs = {arm: replace(base, methods=(arm,)) for arm in SHARED_ARMS}
+    generators = {}
     for short in args.generators.split(","):
         spec = GENERATORS[short]
         default = replace(base, methods=("promptmii-zero",), base_generator=spec, template=prompts.DEFAULT_TEMPLATE)
@@ -68,20 +72,33 @@ def main() -> None:
         tuned = Backends(tuned_config).template("base_generator")
         if tuned.sha256 == metaprompts.builtin(prompts.DEFAULT_TEMPLATE).sha256:
             sys.exit(f"no tuned template registered for {spec}: run `promptmii tune --generator {spec} ...` first")
-        if not args.summarize_only:
-            run_eval(tasks, default, out)
-            run_eval(tasks, tuned_config, out)
+        configs[f"promptmii-zero/default/{short}"] = default
+        configs[f"promptmii-zero/tuned/{short}"] = tuned_config
         generators[short] = {
             "spec": spec,
             "model_id": Backends(default).get("base_generator").model_id,
             "default_template": {"name": default.template, "sha256": metaprompts.builtin(default.template).sha256},
             "tuned_template": {"name": tuned.name, "sha256": tuned.sha256, "header": tuned.header},
         }
-    summary = summarize([t.id for t in tasks], read_results(out.results_path), generators, args)
+    reused = [] if args.no_reuse else [r for r in rows(SPINE_ROWS) if arm_of(r, generators) in REUSABLE]
+    if not args.summarize_only:
+        for arm, config in configs.items():  # the shared arms first, then each generator's default and tuned
+            have = {r.task for r in reused if arm_of(r, generators) == arm and counts(r, args.m)}
+            if missing := [t for t in tasks if t.id not in have]:
+                run_eval(missing, config, out)
+    summary = summarize(task_ids, reused + rows(out.results_path), generators, args)
+    summary["reused_from"] = {
+        "rows": str(SPINE_ROWS.relative_to(ROOT.parent)),
+        "arms": sorted({arm_of(r, generators) for r in reused if counts(r, args.m)}),
+    }
     summary["seconds_this_invocation"] = round(time.time() - start, 1)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
+    write_json(Path(args.out), summary)
     print(json.dumps(summary["mean"], indent=2))
+
+
+def counts(row: Result, m: int) -> bool:
+    """A row of this benchmark's settings: seed 0, n=20 and the m asked for."""
+    return row.config.get("m") == m and row.seed == 0 and row.n_shots == 20
 
 
 def arm_of(row, generators: dict) -> str | None:
@@ -93,15 +110,19 @@ def arm_of(row, generators: dict) -> str | None:
             for kind in ("default", "tuned"):
                 if row.template_sha256 == g[f"{kind}_template"]["sha256"]:
                     return f"promptmii-zero/{kind}/{short}"
+            # rows from before schema 4 named their template but did not hash it; the default's text is
+            # unchanged since then (git log src/promptmii/templates/terse.txt)
+            if row.template_sha256 is None and row.config.get("template") == g["default_template"]["name"]:
+                return f"promptmii-zero/default/{short}"
     return None
 
 
 def summarize(task_ids: list[str], rows: list, generators: dict, args: argparse.Namespace) -> dict:
     follower_ids = {r.follower for r in rows if r.method in SHARED_ARMS}
     by_arm: dict[str, dict[str, object]] = {}
-    for r in rows:  # the latest row per (arm, task) wins
+    for r in rows:  # the latest row per (arm, task) wins: this run's rows come after the reused ones
         arm = arm_of(r, generators)
-        if arm and r.task in task_ids and r.config.get("m") == args.m and r.seed == 0 and r.n_shots == 20:
+        if arm and r.task in task_ids and counts(r, args.m):
             by_arm.setdefault(arm, {})[r.task] = r
     arms = [*SHARED_ARMS, *(f"promptmii-zero/{k}/{s}" for s in generators for k in ("default", "tuned"))]
     complete = [t for t in task_ids if all(t in by_arm.get(a, {}) for a in arms)]
@@ -153,13 +174,7 @@ def summarize(task_ids: list[str], rows: list, generators: dict, args: argparse.
         "tasks_complete": len(complete),
         "complete": len(complete) == len(task_ids),
         "per_task": {a: {t: round(by_arm[a][t].macro_f1, 4) for t in complete} for a in arms if complete},
-        "provenance": {
-            "git_commit": git_sha(),
-            "argv": sys.argv,
-            "versions": {p: version(p) for p in ("promptmii", "gepa", "llama-cpp-python")},
-            "python": platform.python_version(),
-            "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
-        },
+        "machine": machine(),
     }
 
 

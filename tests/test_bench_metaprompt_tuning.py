@@ -1,0 +1,59 @@
+"""bench/metaprompt_tuning.py's summary: which rows make which arm (reused spine rows included), the goal."""
+
+from __future__ import annotations
+
+import argparse
+
+from conftest import load_script
+from test_analysis import row
+
+GENERATORS = {
+    "1.5b": {
+        "spec": "llamacpp:qwen2.5-coder-1.5b-instruct",
+        "model_id": "gen15@1",
+        "default_template": {"name": "terse", "sha256": "d" * 64},
+        "tuned_template": {"name": "tuned/gen15", "sha256": "t" * 64, "header": {"llm_calls": "2700"}},
+    }
+}
+
+
+def zero_row(
+    task: str, f1: float, *, template: str | None, sha: str | None, config_template: str | None = None, **fields
+) -> object:
+    config = {"m": 100, "template": config_template or template}
+    return row(
+        task, "promptmii-zero", f1, m=100, generator="gen15@1", template=template, template_sha256=sha,
+        instruction=f"instruction for {task}", config=config, **fields,
+    )  # fmt: skip
+
+
+def test_reused_pre_hash_rows_count_as_the_default_arm_and_the_goal_is_judged() -> None:
+    bench = load_script("bench/metaprompt_tuning.py")
+    rows = [row(t, arm, 0.50, m=100, config={"m": 100}) for t in ("a", "b") for arm in bench.SHARED_ARMS]
+    # spine's Zero rows predate template hashes: they name their template in their config only
+    rows += [zero_row(t, 0.45, template=None, sha=None, config_template="terse") for t in ("a", "b")]
+    rows += [zero_row(t, 0.56, template="tuned/gen15", sha="t" * 64, prompt_tokens_per_query=150) for t in ("a", "b")]
+    another_template = zero_row("a", 0.99, template=None, sha=None, config_template="structured")
+    another_seed = zero_row("a", 0.99, template="tuned/gen15", sha="t" * 64, seed=1)
+    rows += [another_template, another_seed]
+
+    args = argparse.Namespace(m=100, follower="llamacpp:qwen2.5-coder-1.5b-instruct")
+    assert bench.arm_of(another_template, GENERATORS) is None
+    summary = bench.summarize(["a", "b"], rows, GENERATORS, args)
+
+    assert summary["complete"] and summary["tasks_complete"] == 2
+    assert summary["mean"]["promptmii-zero/default/1.5b"]["macro_f1"] == 0.45
+    assert summary["mean"]["promptmii-zero/tuned/1.5b"]["macro_f1"] == 0.56
+    assert summary["paired"]["tuned-default/1.5b"]["mean"] == 0.11
+    assert summary["goal"]["met_over_naive"] and summary["goal"]["met_over_default"] and summary["goal"]["met_tokens"]
+    assert summary["tuning_llm_calls"] == {"1.5b": 2700}
+
+
+def test_the_goal_is_not_met_by_a_tuned_template_under_naive_plus_two_points() -> None:
+    bench = load_script("bench/metaprompt_tuning.py")
+    rows = [row(t, arm, 0.50, m=100, config={"m": 100}) for t in ("a", "b") for arm in bench.SHARED_ARMS]
+    rows += [zero_row(t, 0.40, template="terse", sha="d" * 64) for t in ("a", "b")]
+    rows += [zero_row(t, 0.51, template="tuned/gen15", sha="t" * 64) for t in ("a", "b")]
+    args = argparse.Namespace(m=100, follower="llamacpp:qwen2.5-coder-1.5b-instruct")
+    goal = bench.summarize(["a", "b"], rows, GENERATORS, args)["goal"]
+    assert goal["met_over_default"] and not goal["met_over_naive"]
