@@ -93,7 +93,7 @@ def test_collect_task_keeps_the_instruction_the_follower_follows(tmp_path: Path)
         "follower", rule=keyword_rule({"great": "positive", "awful": "negative"}, "negative", needs="sentiment words")
     )
     generator = FakeBackend("generator")
-    plan_size = len(ei.CANDIDATE_PLAN)
+    plan_size = len(ei.candidate_plan("criteria"))
     replies = ["Label by the sentiment words." if i == 2 else f"Vague instruction {i}." for i in range(plan_size)]
     generator.enqueue(*replies)
     rec = ei.collect_task(small_task(), config(tmp_path), generator, follower)
@@ -102,8 +102,19 @@ def test_collect_task_keeps_the_instruction_the_follower_follows(tmp_path: Path)
     assert rec["candidates"][2]["f1_a"] == 1.0 and rec["candidates"][2]["f1_b"] == 1.0
     assert rec["naive"]["f1_a"] < 0.5
     # each candidate at its plan's temperature (greedy for sample 0), recorded with it
-    assert [params.temperature for _, params in generator.calls] == [t for _, _, t in ei.CANDIDATE_PLAN]
-    assert [c["temperature"] for c in rec["candidates"]] == [t for _, _, t in ei.CANDIDATE_PLAN]
+    assert [params.temperature for _, params in generator.calls] == [t for _, _, t in ei.candidate_plan("criteria")]
+    assert [c["temperature"] for c in rec["candidates"]] == [t for _, _, t in ei.candidate_plan("criteria")]
+
+
+def test_the_candidate_plan_follows_the_adapters_template_without_repeats():
+    # the shipped run's plan (criteria), unchanged since it was collected, so that run still resumes
+    assert ei.candidate_plan("criteria") == (
+        ("criteria", 0, 0.0), ("criteria", 1, 0.5), ("criteria", 2, 0.5),
+        ("terse", 0, 0.0), ("forward", 1, 0.7), ("forward", 2, 0.7),
+    )  # fmt: skip
+    terse = ei.candidate_plan("terse")
+    assert terse[:3] == (("terse", 0, 0.0), ("terse", 1, 0.5), ("terse", 2, 0.5))
+    assert len(set(terse)) == len(terse) == 5
 
 
 def test_collect_task_returns_none_when_a_call_fails(tmp_path: Path):
@@ -127,7 +138,7 @@ def test_shots_are_halved_until_the_meta_prompt_fits(tmp_path: Path):
     shots = list(small_task().train[:8])
 
     def longest(k: int) -> int:  # the longest meta-prompt of the plan with the first k shots
-        templates = {t for t, _, _ in ei.CANDIDATE_PLAN} | {"criteria"}
+        templates = {t for t, _, _ in ei.candidate_plan("criteria")} | {"criteria"}
         return max(
             generator.count_tokens(prompts.meta_prompt(prompts.meta_template(t), shots[:k], labels)) for t in templates
         )

@@ -7,7 +7,7 @@ filtered fine-tuning: Anthony et al. 2017; ReST, Gulcehre et al. 2023; RAFT, Don
 the same follower budget on fewer, better-measured decisions:
 
 1. **Sample** (`collect`): for every train-split task, the generator writes instructions from n shown
-   examples with several meta-prompt templates (CANDIDATE_PLAN), greedy and sampled.
+   examples with several meta-prompt templates (candidate_plan), greedy and sampled.
 2. **Score** each candidate and the Naive instruction with the frozen follower on pool A (m_select
    examples of the task's test side), then **confirm** the best CONFIRMED on pool B (m_confirm other
    examples). A winner must beat Naive on pool B: selecting on A and confirming on B keeps the
@@ -39,7 +39,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from promptmii import models, prompts
+from promptmii import metaprompts, models, prompts
 from promptmii.backends import Backend, get_backend
 from promptmii.cache import CachedBackend
 from promptmii.data import Example, Task, draw, load_tasks
@@ -52,19 +52,21 @@ from promptmii.results import append_lines, atomic_write, read_jsonl, read_resul
 log = logging.getLogger(__name__)
 
 # The candidates written for every task: (template, sample index, temperature); sample 0 is greedy.
-# Greedy criteria is what the untrained generator writes with the adapter's template, and a fine-tune on
-# it alone teaches nothing; samples near it (T=0.5) and short APE-style "forward" proposals are the
-# candidates that can beat it, and greedy terse is the Zero arm of the earlier benchmarks. The first 4
-# tasks of the shipped run were collected with an earlier plan (criteria at T=0.8, terse sampled): their
-# records list their own candidates.
-CANDIDATE_PLAN = (
-    ("criteria", 0, 0.0),
-    ("criteria", 1, 0.5),
-    ("criteria", 2, 0.5),
-    ("terse", 0, 0.0),
-    ("forward", 1, 0.7),
-    ("forward", 2, 0.7),
-)
+# Greedy with the adapter's template is what the untrained generator writes, and a fine-tune on it alone
+# teaches nothing; samples near it (T=0.5) and short APE-style "forward" proposals are the candidates that
+# can beat it, and greedy terse is the Zero arm of the earlier benchmarks. For the shipped run's template
+# (criteria) the plan is criteria greedy, criteria x2 at T=0.5, terse greedy, forward x2 at T=0.7. The first
+# 4 tasks of that run were collected with an earlier plan (criteria at T=0.8, terse sampled): their records
+# list their own candidates.
+OTHER_CANDIDATES = (("terse", 0, 0.0), ("forward", 1, 0.7), ("forward", 2, 0.7))
+
+
+def candidate_plan(template: str) -> tuple[tuple[str, int, float], ...]:
+    """The adapter's own template greedy and twice at T=0.5, then the other candidates (without a repeat)."""
+    own = ((template, 0, 0.0), (template, 1, 0.5), (template, 2, 0.5))
+    return own + tuple(c for c in OTHER_CANDIDATES if c[0] != template)
+
+
 CONFIRMED = 2  # candidates (best on pool A) scored again on pool B
 COLLECT_LOG = "collect.jsonl"
 MOVABLE = ("corpus", "output")  # paths that may differ between machines without changing the run
@@ -78,7 +80,10 @@ class ExpertIterationConfig:
     output: str = field(metadata={"help": "run directory (collect.jsonl, adapter/, adapter.gguf); commit it"})
     policy: str = field(default=models.DEFAULT_MODEL, metadata={"help": "bundled generator model to train"})
     follower: str = field(default=DEFAULT_BACKEND, metadata={"help": "frozen follower backend spec"})
-    template: str = field(default="criteria", metadata={"help": "meta-prompt the adapter answers (Zero uses it too)"})
+    template: str = field(
+        default="criteria",
+        metadata={"help": "meta-prompt the adapter answers (Zero uses it too): a built-in, tuned/NAME or a file"},
+    )
     n: int = field(default=20, metadata={"help": "examples shown to the generator (fewer if the prompt is too long)"})
     m_select: int = field(default=20, metadata={"help": "pool A: follower examples that rank the candidates"})
     m_confirm: int = field(default=20, metadata={"help": "pool B: other examples that confirm the best against Naive"})
@@ -91,7 +96,7 @@ class ExpertIterationConfig:
     seed: int = field(default=0, metadata={"help": "shots, pools, sampling and data order"})
 
     def __post_init__(self) -> None:
-        prompts.meta_template(self.template)  # raises with "did you mean"
+        metaprompts.named(self.template)  # raises with "did you mean"
         for name in ("n", "m_select", "m_confirm", "max_instruction_tokens", "epochs", "lora_r", "batch_size"):
             if getattr(self, name) < 1:
                 raise PromptMIIError(f"{name} must be at least 1, got {getattr(self, name)}")
@@ -212,7 +217,7 @@ def collect_task(
         log.warning("%s: follower failed on the Naive prefix (%s); retried next run", task.id, _first(naive_a.errors))
         return None
     candidates = []
-    for template, sample, temperature in CANDIDATE_PLAN:
+    for template, sample, temperature in candidate_plan(config.template):
         induce_config = InduceConfig(
             template=template,
             max_tokens=config.max_instruction_tokens,
@@ -273,10 +278,10 @@ def fit_shots(
     Halving keeps a prefix of the seeded shots, so `sft_rows` rebuilds them from `n_shown` alone; the
     limit is a fine-tuning cost, not the generator's context, which induce fits on its own.
     """
-    templates = {t for t, _, _ in CANDIDATE_PLAN} | {config.template}
+    templates = {t for t, _, _ in candidate_plan(config.template)}
     while True:
         longest = max(
-            generator.count_tokens(prompts.meta_prompt(prompts.meta_template(t), shots, labels)) for t in templates
+            generator.count_tokens(prompts.meta_prompt(metaprompts.named(t).text, shots, labels)) for t in templates
         )
         if longest <= config.max_prompt_tokens or len(shots) == 1:
             return shots
@@ -295,7 +300,9 @@ def _write_config(out: Path, config: ExpertIterationConfig) -> None:
     """The run's config; a different stored config means a different run (change --output)."""
     path = out / models.RUN_CONFIG
     # as JSON reads it back (tuples become lists), so a stored config compares equal to the same config
-    current = json.loads(json.dumps(asdict(config) | {"recipe": "expert-iteration", "candidate_plan": CANDIDATE_PLAN}))
+    current = json.loads(
+        json.dumps(asdict(config) | {"recipe": "expert-iteration", "candidate_plan": candidate_plan(config.template)})
+    )
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
         changed = [
@@ -320,7 +327,7 @@ def sft_rows(records: list[dict[str, Any]], tasks: dict[str, Task], config: Expe
     The prompt is rebuilt from the task's shots with `config.template`, whatever template wrote the winner,
     so the adapter learns to answer its own meta-prompt the way the best instruction did.
     """
-    template = prompts.meta_template(config.template)
+    template = metaprompts.named(config.template).text
     rows = []
     for record in records:
         if record.get("winner") is None:
