@@ -25,10 +25,14 @@ from promptmii.induce import InduceConfig, induce
 from promptmii.results import read_results
 from promptmii.tune import (
     COMPONENT,
+    ECHO_RETRIES,
+    REFLECTION_PROMPT,
     MetaPromptAdapter,
     TuneConfig,
     TuneLedger,
+    TuneReflection,
     TuneTask,
+    normalized,
     task_feedback,
     tune,
 )
@@ -131,6 +135,41 @@ def test_a_candidate_without_placeholders_scores_zero_without_calls(text: str, m
     assert generator.calls == [] and follower.calls == [] and adapter.ledger.used == 0
     feedback = task_feedback(result.trajectories[0])
     assert missing in feedback and "score 0" in feedback
+
+
+def reflection_prompt(meta_prompt: str) -> str:
+    """REFLECTION_PROMPT as gepa renders it for one candidate."""
+    return REFLECTION_PROMPT.replace("<curr_param>", meta_prompt).replace("<side_info>", "(scores)")
+
+
+def test_an_echoed_meta_prompt_is_asked_again_sampled_until_something_new_comes() -> None:
+    shown = prompts.meta_template("terse")
+    replies = iter([f"```\n{shown.strip()}\n```", f"Same:\n```\n{shown}```", f"```\n{TUNED}\n```"])
+    gen = FakeBackend("fake-generator", rule=lambda chat: next(replies))
+    reflection = TuneReflection(ledger(gen, make_follower()), 256, seed=0)
+    assert TUNED in reflection(reflection_prompt(shown))
+    assert reflection.echoes == 2 and reflection.ledger.reflection_calls == 3
+    temperatures = [params.temperature for _, params in gen.calls]
+    assert temperatures[0] == 0.0 and all(t > 0 for t in temperatures[1:])
+    assert len({params.seed for _, params in gen.calls}) == 3  # a new seed each time, so the journal cannot replay
+
+
+def test_a_reflection_lm_that_only_echoes_is_given_up_on_after_the_retries() -> None:
+    shown = prompts.meta_template("terse")
+    gen = FakeBackend("fake-generator", rule=lambda chat: f"```\n{shown}\n```")
+    reflection = TuneReflection(ledger(gen, make_follower()), 256, seed=0)
+    reflection(reflection_prompt(shown))
+    assert reflection.echoes == ECHO_RETRIES and len(gen.calls) == 1 + ECHO_RETRIES
+
+
+def test_candidates_that_differ_only_in_surrounding_whitespace_are_scored_as_one() -> None:
+    gen, fol = make_generator(), make_follower()
+    led = ledger(gen, fol)
+    first = led.score(TUNED, tune_task("a"))
+    second = led.score("\n" + TUNED + "\n\n", tune_task("a"))
+    assert first == second and normalized(TUNED) == TUNED + "\n"
+    [(chat_a, _), (chat_b, _)] = gen.calls
+    assert chat_a == chat_b  # the generator saw the same meta-prompt both times
 
 
 def test_a_failed_generator_call_scores_zero_and_three_in_a_row_stop() -> None:
@@ -255,7 +294,7 @@ def test_tune_finds_the_better_meta_prompt_and_selects_it_on_validation(
     # the journal answers repeats, so the models saw at most what the ledgers charged
     assert search_calls(gen, fol) <= summary["search_llm_calls"] + summary["selection_llm_calls"]
     header, body = metaprompts.split_header((tmp_path / "run" / "template.txt").read_text())
-    assert body == TUNED and header["generator"] == "fake-generator" and header["follower"] == "fake-follower"
+    assert body == TUNED + "\n" and header["generator"] == "fake-generator" and header["follower"] == "fake-follower"
     assert header["budget"] == "80" and header["validation_tasks"] == "2" and "git_commit" in header
     selection = [json.loads(line) for line in (tmp_path / "run" / "selection.jsonl").read_text().splitlines()]
     assert (
@@ -264,7 +303,7 @@ def test_tune_finds_the_better_meta_prompt_and_selects_it_on_validation(
         and set(selection[0]["per_task"]) == {"val0", "val1"}
     )
     # registered: induce now picks it for this generator
-    assert metaprompts.for_generator("fake-generator").text == TUNED
+    assert metaprompts.for_generator("fake-generator").text == TUNED + "\n"
     assert Path(summary["registered"]) == promptmii_home / "templates" / "fake-generator.txt"
 
 

@@ -50,6 +50,11 @@ DEFAULT_BACKEND = f"llamacpp:{models.DEFAULT_MODEL}"
 COMPONENT = "meta_prompt"  # the one text component gepa evolves
 MISTAKES_SHOWN = 3  # follower mistakes per task in the reflection prompt: enough to see a pattern, short
 TEXT_SHOWN = 300  # characters of each mistaken input shown to the reflection LM
+# The bundled 1.5B, reflecting greedily, handed back the meta-prompt it was shown (unchanged but for the
+# final newline) in 5 of 5 iterations of a first run, and gepa spent 2 x minibatch tasks of the budget on
+# scoring each copy. An echo is asked again, sampled, with a new seed each time.
+ECHO_RETRIES = 3
+ECHO_TEMPERATURE = 0.8
 
 # gepa's reflection prompt speaks of "instructions for an assistant"; ours has to say that the text is a
 # template for another model, with placeholders that must survive. <curr_param> and <side_info> are gepa's.
@@ -69,7 +74,8 @@ higher is better) and some of the follower's mistakes:
 ```
 
 Write an improved meta-prompt, so that the generator writes instructions that help the follower label new texts \
-correctly on any classification task, not only these. Keep it general: do not name these tasks or their labels. \
+correctly on any classification task, not only these. Change what the mistakes show to be missing or misleading; \
+do not hand back the meta-prompt unchanged. Keep it general: do not name these tasks or their labels. \
 It must contain the placeholders {labels} and {examples}, each exactly once. Reply with the new meta-prompt \
 within ``` blocks."""
 
@@ -199,6 +205,7 @@ class TuneLedger:
 
     def score(self, meta_prompt: str, instance: TuneTask) -> TaskScore:
         """Induce with `meta_prompt` on one task and let the follower label its m examples."""
+        meta_prompt = normalized(meta_prompt)
         missing = metaprompts.missing_placeholders(meta_prompt)
         if missing:  # no call is made, so none is counted
             problem = (
@@ -250,6 +257,54 @@ class TuneLedger:
         self.used += calls
         if self.progress is not None:
             self.progress.update(calls)
+
+
+def normalized(meta_prompt: str) -> str:
+    """The text scored and saved for a candidate: stripped, one final newline (as the built-in templates end).
+
+    The generator's greedy instruction changes with a trailing newline, and with it a task's score (by up to
+    0.15 macro-F1 at m=20 in the first tuning run): two candidates that differ only so are one candidate.
+    """
+    return meta_prompt.strip() + "\n"
+
+
+def shown_meta_prompt(reflection_prompt: str) -> str | None:
+    """The meta-prompt a REFLECTION_PROMPT shows, between its first fence and the fence before the scores."""
+    _, sep, rest = reflection_prompt.partition("Meta-prompt:\n```\n")
+    body, sep2, _after = rest.partition("\n```\n\nHere is how it did")
+    return body if sep and sep2 else None
+
+
+def proposal(reply: str) -> str:
+    """The new meta-prompt in a reflection reply, as gepa's proposer reads it (the text within ``` blocks)."""
+    from gepa.strategies.instruction_proposal import InstructionProposalSignature
+
+    return InstructionProposalSignature.output_extractor(reply)["new_instruction"]
+
+
+class TuneReflection(ReflectionLM):
+    """gepa's reflection LM, greedy first; a reply that hands back the meta-prompt it was shown is asked again."""
+
+    def __init__(self, ledger: TuneLedger, max_tokens: int, seed: int):
+        super().__init__(ledger, max_tokens, seed)  # type: ignore[arg-type]
+        self.echoes = 0  # echoed replies, each followed by a sampled retry while retries last
+
+    def __call__(self, prompt: str | Chat) -> str:
+        reply = super().__call__(prompt)
+        shown = shown_meta_prompt(prompt) if isinstance(prompt, str) else None
+        for attempt in range(1, ECHO_RETRIES + 1):
+            if shown is None or normalized(proposal(reply)) != normalized(shown):
+                break
+            self.echoes += 1
+            params = GenParams(
+                max_tokens=self.params.max_tokens, temperature=ECHO_TEMPERATURE, seed=self.params.seed + attempt
+            )
+            generation = self.ledger.ask_generator([{"role": "user", "content": prompt}], params)
+            if generation.error:
+                self.error = generation.error
+                raise BackendError(f"gepa: the reflection LM failed ({generation.error})")
+            reply = generation.text
+        return reply
 
 
 # ---------------------------------------------------------------- gepa's adapter
@@ -372,7 +427,7 @@ def tune(config: TuneConfig, run_dir: Path, *, register: bool = True, quiet: boo
 
     with tqdm(total=config.budget, desc="tune search", disable=quiet, unit="call") as bar:
         ledger = TuneLedger(generator, follower, reflector, config.budget, induce_config, config.decoding, progress=bar)
-        reflection = ReflectionLM(ledger, config.max_instruction_tokens, config.seed)  # type: ignore[arg-type]
+        reflection = TuneReflection(ledger, config.max_instruction_tokens, config.seed)
         gepa_dir = run_dir / "gepa"
         gepa_dir.mkdir(parents=True, exist_ok=True)
         try:
@@ -397,7 +452,7 @@ def tune(config: TuneConfig, run_dir: Path, *, register: bool = True, quiet: boo
             raise BackendError(f"tune: the reflection LM failed, search stopped ({reflection.error})")
     search_calls, reflection_calls = ledger.used, ledger.reflection_calls
     candidates = [
-        {"index": i, "pareto_score": round(score, 4), "text": c[COMPONENT]}
+        {"index": i, "pareto_score": round(score, 4), "text": normalized(c[COMPONENT])}
         for i, (c, score) in enumerate(zip(result.candidates, result.val_aggregate_scores, strict=True))
     ]
     atomic_write(run_dir / "candidates.jsonl", "".join(json.dumps(c, ensure_ascii=False) + "\n" for c in candidates))
