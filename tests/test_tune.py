@@ -32,6 +32,7 @@ from promptmii.tune import (
     TuneLedger,
     TuneReflection,
     TuneTask,
+    is_echo,
     normalized,
     task_feedback,
     tune,
@@ -144,7 +145,7 @@ def reflection_prompt(meta_prompt: str) -> str:
 
 def test_an_echoed_meta_prompt_is_asked_again_sampled_until_something_new_comes() -> None:
     shown = prompts.meta_template("terse")
-    replies = iter([f"```\n{shown.strip()}\n```", f"Same:\n```\n{shown}```", f"```\n{TUNED}\n```"])
+    replies = iter([f"```\n{shown.strip()}\n```", f"### Meta-prompt\n\n{shown}", f"```\n{TUNED}\n```"])
     gen = FakeBackend("fake-generator", rule=lambda chat: next(replies))
     reflection = TuneReflection(ledger(gen, make_follower()), 256, seed=0)
     assert TUNED in reflection(reflection_prompt(shown))
@@ -152,6 +153,13 @@ def test_an_echoed_meta_prompt_is_asked_again_sampled_until_something_new_comes(
     temperatures = [params.temperature for _, params in gen.calls]
     assert temperatures[0] == 0.0 and all(t > 0 for t in temperatures[1:])
     assert len({params.seed for _, params in gen.calls}) == 3  # a new seed each time, so the journal cannot replay
+
+
+def test_an_edit_of_the_shown_meta_prompt_is_not_an_echo() -> None:
+    shown = prompts.meta_template("terse")
+    assert is_echo(shown.strip(), shown) and is_echo(f"### Meta-prompt\n\n{shown}", shown)
+    assert not is_echo(shown + "\n- names the most frequent label, for texts that fit no other.", shown)
+    assert not is_echo(shown.replace("with no explanation", "nothing else"), shown)
 
 
 def test_a_reflection_lm_that_only_echoes_is_given_up_on_after_the_retries() -> None:

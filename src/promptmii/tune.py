@@ -55,6 +55,7 @@ TEXT_SHOWN = 300  # characters of each mistaken input shown to the reflection LM
 # scoring each copy. An echo is asked again, sampled, with a new seed each time.
 ECHO_RETRIES = 3
 ECHO_TEMPERATURE = 0.8
+ECHO_WRAPPING_CHARS = 40  # a heading or a label around an unchanged template is still an echo
 
 # gepa's reflection prompt speaks of "instructions for an assistant"; ours has to say that the text is a
 # template for another model, with placeholders that must survive. <curr_param> and <side_info> are gepa's.
@@ -275,6 +276,15 @@ def shown_meta_prompt(reflection_prompt: str) -> str | None:
     return body if sep and sep2 else None
 
 
+def is_echo(proposed: str, shown: str) -> bool:
+    """The shown meta-prompt handed back, whitespace aside, or inside a few characters of wrapping (a heading).
+
+    The bundled 1.5B's sampled replies also echoed as "### Meta-prompt" and then the template it was shown.
+    """
+    proposed, shown = normalized(proposed), normalized(shown)
+    return shown.strip() in proposed and len(proposed) - len(shown) <= ECHO_WRAPPING_CHARS
+
+
 def proposal(reply: str) -> str:
     """The new meta-prompt in a reflection reply, as gepa's proposer reads it (the text within ``` blocks)."""
     from gepa.strategies.instruction_proposal import InstructionProposalSignature
@@ -293,7 +303,7 @@ class TuneReflection(ReflectionLM):
         reply = super().__call__(prompt)
         shown = shown_meta_prompt(prompt) if isinstance(prompt, str) else None
         for attempt in range(1, ECHO_RETRIES + 1):
-            if shown is None or normalized(proposal(reply)) != normalized(shown):
+            if shown is None or not is_echo(proposal(reply), shown):
                 break
             self.echoes += 1
             params = GenParams(
