@@ -351,8 +351,11 @@ class ReflectionLM:
         self.error: str | None = None
 
     def __call__(self, prompt: str | Chat) -> str:
+        return self.ask(prompt, self.params)
+
+    def ask(self, prompt: str | Chat, params: GenParams) -> str:
         chat = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        generation = self.ledger.ask_generator(chat, self.params)
+        generation = self.ledger.ask_generator(chat, params)
         if generation.error:
             self.error = generation.error
             raise BackendError(f"gepa: the reflection LM failed ({generation.error})")

@@ -27,7 +27,7 @@ import logging
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -306,14 +306,9 @@ class TuneReflection(ReflectionLM):
             if shown is None or not is_echo(proposal(reply), shown):
                 break
             self.echoes += 1
-            params = GenParams(
-                max_tokens=self.params.max_tokens, temperature=ECHO_TEMPERATURE, seed=self.params.seed + attempt
+            reply = self.ask(
+                prompt, replace(self.params, temperature=ECHO_TEMPERATURE, seed=self.params.seed + attempt)
             )
-            generation = self.ledger.ask_generator([{"role": "user", "content": prompt}], params)
-            if generation.error:
-                self.error = generation.error
-                raise BackendError(f"gepa: the reflection LM failed ({generation.error})")
-            reply = generation.text
         return reply
 
 
