@@ -14,6 +14,7 @@ Goal (1.5B generator): tuned >= naive + 0.02 and >= default + 0.03 mean macro-F1
 tokens/query. Rows go to bench/runs/metaprompt_tuning/ (resumable); the summary to
 bench/results/metaprompt_tuning.json. Naive, icl:20 and the 1.5B's default-template Zero arm are read from
 bench/runs/spine (same settings, run once) where it has them; --no-reuse runs them here too.
+A tuned template with the default's text (the search kept its start template) makes one arm, run once.
 """
 
 from __future__ import annotations
@@ -70,15 +71,18 @@ def main() -> None:
         default = replace(base, methods=("promptmii-zero",), base_generator=spec, template=prompts.DEFAULT_TEMPLATE)
         tuned_config = replace(default, template=None)  # auto-selection: what a user gets without --template
         tuned = Backends(tuned_config).template("base_generator")
-        if tuned.sha256 == metaprompts.builtin(prompts.DEFAULT_TEMPLATE).sha256:
+        if not tuned.header:
             sys.exit(f"no tuned template registered for {spec}: run `promptmii tune --generator {spec} ...` first")
+        default_sha = metaprompts.builtin(default.template).sha256
         configs[f"promptmii-zero/default/{short}"] = default
-        configs[f"promptmii-zero/tuned/{short}"] = tuned_config
+        if tuned.sha256 != default_sha:  # a search whose winner is the start template: the same arm, run once
+            configs[f"promptmii-zero/tuned/{short}"] = tuned_config
         generators[short] = {
             "spec": spec,
             "model_id": Backends(default).get("base_generator").model_id,
-            "default_template": {"name": default.template, "sha256": metaprompts.builtin(default.template).sha256},
+            "default_template": {"name": default.template, "sha256": default_sha},
             "tuned_template": {"name": tuned.name, "sha256": tuned.sha256, "header": tuned.header},
+            "tuned_is_default": tuned.sha256 == default_sha,
         }
     reused = [] if args.no_reuse else [r for r in rows(SPINE_ROWS) if arm_of(r, generators) in REUSABLE]
     if not args.summarize_only:
@@ -124,6 +128,9 @@ def summarize(task_ids: list[str], rows: list, generators: dict, args: argparse.
         arm = arm_of(r, generators)
         if arm and r.task in task_ids and counts(r, args.m):
             by_arm.setdefault(arm, {})[r.task] = r
+    for short, g in generators.items():
+        if g.get("tuned_is_default"):  # same text, same seed: the default arm's rows are the tuned arm's
+            by_arm[f"promptmii-zero/tuned/{short}"] = by_arm.get(f"promptmii-zero/default/{short}", {})
     arms = [*SHARED_ARMS, *(f"promptmii-zero/{k}/{s}" for s in generators for k in ("default", "tuned"))]
     complete = [t for t in task_ids if all(t in by_arm.get(a, {}) for a in arms)]
     mean_table = {

@@ -57,3 +57,18 @@ def test_the_goal_is_not_met_by_a_tuned_template_under_naive_plus_two_points() -
     args = argparse.Namespace(m=100, follower="llamacpp:qwen2.5-coder-1.5b-instruct")
     goal = bench.summarize(["a", "b"], rows, GENERATORS, args)["goal"]
     assert goal["met_over_default"] and not goal["met_over_naive"]
+
+
+def test_a_tuned_template_with_the_default_text_is_the_default_arm() -> None:
+    bench = load_script("bench/metaprompt_tuning.py")
+    same = {"1.5b": GENERATORS["1.5b"] | {"tuned_template": {"name": "tuned/gen15", "sha256": "d" * 64,
+                                                             "header": {"llm_calls": "3165"}},
+                                          "tuned_is_default": True}}  # fmt: skip
+    rows = [row(t, arm, 0.50, m=100, config={"m": 100}) for t in ("a", "b") for arm in bench.SHARED_ARMS]
+    rows += [zero_row(t, f1, template="terse", sha="d" * 64) for t, f1 in (("a", 0.40), ("b", 0.44))]
+    args = argparse.Namespace(m=100, follower="llamacpp:qwen2.5-coder-1.5b-instruct")
+    summary = bench.summarize(["a", "b"], rows, same, args)
+    assert summary["complete"]
+    assert summary["mean"]["promptmii-zero/tuned/1.5b"] == summary["mean"]["promptmii-zero/default/1.5b"]
+    assert summary["paired"]["tuned-default/1.5b"]["mean"] == 0.0
+    assert not summary["goal"]["met_over_default"] and not summary["goal"]["met_over_naive"]
