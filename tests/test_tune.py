@@ -315,6 +315,20 @@ def test_tune_finds_the_better_meta_prompt_and_selects_it_on_validation(
     assert Path(summary["registered"]) == promptmii_home / "templates" / "fake-generator.txt"
 
 
+def test_proposals_without_placeholders_do_not_end_the_search_before_the_call_budget(
+    corpus: Path, tmp_path: Path, register_backend
+) -> None:
+    def forgets_placeholders(chat) -> str:  # what every proposal of the 0.5B reflection LM did
+        return "Sort texts by sentiment." if is_reflection(chat) else generator_rule(chat)
+
+    register_backend("fake:gen", FakeBackend("fake-generator", rule=forgets_placeholders))
+    register_backend("fake:fol", make_follower())
+    summary = tune(small_config(corpus), tmp_path / "run", register=False, quiet=True)
+    per_iteration = (2 * 1 + 1) * (1 + 4)  # parent and child on the 1-task minibatch, then 1 pareto task; m=4
+    assert 80 - per_iteration < summary["search_llm_calls"] <= 80  # the free children did not stop it early
+    assert summary["candidates"] == 1 and summary["candidate"] == 0
+
+
 def test_a_killed_tune_run_resumes_without_repeating_finished_calls(
     corpus: Path, tmp_path: Path, register_backend
 ) -> None:
