@@ -6,7 +6,7 @@ template is the one auto-selection picks for the generator (shipped in promptmii
 registered by `promptmii tune` in $PROMPTMII_HOME/templates/), so tune first (docs/tuning.md):
 
     promptmii tune --corpus ../shared/corpus --generator llamacpp:qwen2.5-coder-1.5b-instruct --budget 2500 --m 20 -o runs/tune-1.5b
-    promptmii tune --corpus ../shared/corpus --generator llamacpp:qwen2.5-coder-0.5b-instruct --budget 2500 --m 20 -o runs/tune-0.5b
+    promptmii tune --corpus ../shared/corpus --generator llamacpp:qwen2.5-coder-0.5b-instruct --budget 1000 --m 20 -o runs/tune-0.5b
     python bench/metaprompt_tuning.py                    # run (resumes), then summarize
     python bench/metaprompt_tuning.py --summarize-only
 
