@@ -89,7 +89,9 @@ def test_integer_labels_come_back_as_integers_also_after_save_and_load(models, t
     predicted = clf.predict(data(4, 100)[0])
     assert predicted.dtype.kind == "i" and list(predicted) == [1, 1, 0, 0]
     loaded = PromptMIIClassifier.load(clf.save(tmp_path / "model"))
-    assert list(loaded.predict(data(4, 100)[0])) == [1, 1, 0, 0] and loaded.get_params() == clf.get_params()
+    assert list(loaded.predict(data(4, 100)[0])) == [1, 1, 0, 0]
+    # template=None (auto) comes back as the name it resolved to, so a refit of the loaded model is the same fit
+    assert loaded.get_params() == clf.get_params() | {"template": "terse"}
 
 
 def test_from_instruction_reads_a_file_from_induce_and_can_swap_the_follower(
@@ -113,6 +115,24 @@ def test_from_instruction_reads_a_file_from_induce_and_can_swap_the_follower(
     assert warned == [
         "the instruction was validated on fake:follower; labelling with fake:other (its scores may not carry over)"
     ]
+
+
+def test_a_tuned_template_is_picked_recorded_and_accepted_on_load(models, tmp_path: Path) -> None:
+    """The shipped 0.5B has a tuned template, so instruction files name `tuned/...`: load must accept such names."""
+    from promptmii import metaprompts
+    from promptmii import models as model_store
+
+    body = "TUNED META-PROMPT\nLabels: {labels}\n{examples}\n"
+    folder = model_store.promptmii_home() / "templates"
+    folder.mkdir(parents=True)
+    (folder / "fake.txt").write_text(metaprompts.with_header({"generator": "fake-generator"}, body))
+    clf = classifier().fit(*data())
+    assert user_text(models["generator"].calls[0][0]).startswith("TUNED META-PROMPT")
+    assert clf.instruction_.template == "home/fake"
+    loaded = PromptMIIClassifier.load(clf.save(tmp_path / "model"))
+    assert loaded.template == "home/fake" and list(loaded.predict(["I hate it"])) == ["negative"]
+    with pytest.raises(PromptMIIError, match=r"unknown meta-prompt template 'home/fak'.*did you mean 'home/fake'"):
+        classifier(template="home/fak").fit(*data())
 
 
 def test_unfitted_bad_params_and_bad_data_are_one_line_errors(models) -> None:

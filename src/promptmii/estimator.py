@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from promptmii import prompts
+from promptmii import metaprompts, prompts
 from promptmii.backends import Backend
 from promptmii.classify import DEFAULT_CHUNK, Labeller, check_follower, load_follower
 from promptmii.data import Example, clashing_labels
@@ -59,7 +59,7 @@ class PromptMIIClassifier(*_BASES):  # type: ignore[misc]
         generator: str = DEFAULT_BACKEND,
         follower: str = DEFAULT_BACKEND,
         n: int = 20,
-        template: str = prompts.DEFAULT_TEMPLATE,
+        template: str | None = None,
         seed: int = 0,
         decoding: str = "generate",
         max_instruction_tokens: int = 1024,
@@ -119,7 +119,7 @@ class PromptMIIClassifier(*_BASES):  # type: ignore[misc]
                 format_constraint=prompts.format_constraint(labels),
                 follower=self.follower,
                 generator=self.generator,
-                template=self.template,
+                template=made.template,  # the name induce resolved (template=None: the tuned one for this generator)
                 n=len(shots),
                 seed=self.seed,
                 decoding=self.decoding,
@@ -231,7 +231,8 @@ class PromptMIIClassifier(*_BASES):  # type: ignore[misc]
             raise PromptMIIError(f"unknown decoding '{self.decoding}'; choose one of: {', '.join(DECODING)}")
         if not isinstance(self.n, int) or self.n < 1:
             raise PromptMIIError(f"n must be a positive integer, got {self.n!r}")
-        prompts.meta_template(self.template)  # raises on an unknown template, with "did you mean"
+        if self.template is not None:
+            metaprompts.named(self.template)  # raises on an unknown template, with "did you mean"
 
     def __getstate__(self) -> dict[str, Any]:
         """Pickle without the loaded models (joblib workers load their own)."""
