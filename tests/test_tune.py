@@ -26,6 +26,8 @@ from promptmii.results import read_results
 from promptmii.tune import (
     COMPONENT,
     ECHO_RETRIES,
+    INSTRUCTION_SHOWN,
+    PLACEHOLDER_RETRIES,
     REFLECTION_PROMPT,
     MetaPromptAdapter,
     TuneConfig,
@@ -124,6 +126,20 @@ def test_reflective_dataset_shows_instruction_mistakes_and_score() -> None:
     assert record["Task"] == "labels: negative, positive"
 
 
+def test_an_instruction_cut_off_at_the_token_limit_is_named_and_shown_shortened() -> None:
+    loop = " ".join(["Label the sentiment."] * 600)  # 1,800 whitespace tokens: the fake counts words
+    generator = FakeBackend("fake-generator", rule=lambda chat: loop)
+    led = TuneLedger(generator, make_follower(), generator, 1000, InduceConfig(max_tokens=1800))
+    adapter = MetaPromptAdapter(led)
+    result = adapter.evaluate([tune_task("a")], {COMPONENT: TUNED}, capture_traces=True)
+    [score] = result.trajectories
+    assert score.cut_off and "ran to its token limit and was cut off" in task_feedback(score)
+    [record] = adapter.make_reflective_dataset({COMPONENT: TUNED}, result, [COMPONENT])[COMPONENT]
+    assert record["Generated instruction"].endswith(f"... [{len(loop) - INSTRUCTION_SHOWN} more characters]")
+    led.induce_config = InduceConfig(max_tokens=1801)  # one token to spare: not cut off
+    assert not led.score(TUNED, tune_task("b")).cut_off
+
+
 @pytest.mark.parametrize(
     ("text", "missing"),
     [("Write an instruction.\n\n{examples}", "{labels}"), ("Labels: {labels}", "{examples}"), ("Hi.", "{labels} and")],
@@ -168,6 +184,28 @@ def test_a_reflection_lm_that_only_echoes_is_given_up_on_after_the_retries() -> 
     reflection = TuneReflection(ledger(gen, make_follower()), 256, seed=0)
     reflection(reflection_prompt(shown))
     assert reflection.echoes == ECHO_RETRIES and len(gen.calls) == 1 + ECHO_RETRIES
+
+
+def test_a_proposal_without_placeholders_is_answered_in_the_same_chat_with_what_it_lacks() -> None:
+    shown = prompts.meta_template("terse")
+    dropped = "Write a short instruction for the task.\n1. Name the labels.\n2. Name the labels."
+    replies = iter([f"```\n{dropped}\n```", f"```\n{TUNED}\n```"])
+    gen = FakeBackend("fake-generator", rule=lambda chat: next(replies))
+    reflection = TuneReflection(ledger(gen, make_follower()), 256, seed=0)
+    assert TUNED in reflection(reflection_prompt(shown))
+    assert reflection.placeholder_misses == 1 and reflection.echoes == 0
+    (first, _), (retry, params) = gen.calls
+    assert [m["role"] for m in retry] == ["user", "assistant", "user"] and retry[0] == first[0]
+    assert dropped in retry[1]["content"] and "lacks the placeholders {labels} and {examples}" in retry[2]["content"]
+    assert params.temperature == 0.0
+
+
+def test_a_reflection_lm_that_keeps_dropping_placeholders_is_given_up_on_after_the_retries() -> None:
+    gen = FakeBackend("fake-generator", rule=lambda chat: "```\nLabels: {labels}\n```")
+    reflection = TuneReflection(ledger(gen, make_follower()), 256, seed=0)
+    assert "{examples}" not in reflection(reflection_prompt(prompts.meta_template("terse")))
+    assert reflection.placeholder_misses == PLACEHOLDER_RETRIES and len(gen.calls) == 1 + PLACEHOLDER_RETRIES
+    assert "lacks the placeholder {examples}: without it" in user_text(gen.calls[-1][0])
 
 
 def test_candidates_that_differ_only_in_surrounding_whitespace_are_scored_as_one() -> None:

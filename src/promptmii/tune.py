@@ -50,12 +50,19 @@ DEFAULT_BACKEND = f"llamacpp:{models.DEFAULT_MODEL}"
 COMPONENT = "meta_prompt"  # the one text component gepa evolves
 MISTAKES_SHOWN = 3  # follower mistakes per task in the reflection prompt: enough to see a pattern, short
 TEXT_SHOWN = 300  # characters of each mistaken input shown to the reflection LM
+# The bundled 0.5B's terse instructions ran to the 1,024-token limit on 18 of 23 test tasks, looping a numbered
+# list; the reflection LM sees the start of such an instruction and is told it was cut off.
+INSTRUCTION_SHOWN = 1500  # characters of each generated instruction shown to the reflection LM
 # The bundled 1.5B, reflecting greedily, handed back the meta-prompt it was shown (unchanged but for the
 # final newline) in 5 of 5 iterations of a first run, and gepa spent 2 x minibatch tasks of the budget on
 # scoring each copy. An echo is asked again, sampled, with a new seed each time.
 ECHO_RETRIES = 3
 ECHO_TEMPERATURE = 0.8
 ECHO_WRAPPING_CHARS = 40  # a heading or a label around an unchanged template is still an echo
+# Each of the bundled 0.5B's 7 proposals in its first run lacked {labels} or {examples} (a loop of numbered
+# clues instead), and a candidate without them scores 0 on every task. Such a reply is answered in the same
+# chat with what is missing, and the reflection LM writes the meta-prompt again.
+PLACEHOLDER_RETRIES = 2
 
 # gepa's reflection prompt speaks of "instructions for an assistant"; ours has to say that the text is a
 # template for another model, with placeholders that must survive. <curr_param> and <side_info> are gepa's.
@@ -154,6 +161,7 @@ class TaskScore:
     invalid_rate: float
     mistakes: tuple[tuple[str, str, str], ...]  # (input, gold, prediction), the first few
     problem: str = ""  # why the candidate scored 0 without the follower: no placeholders, generator failed
+    cut_off: bool = False  # the generator's reply reached its token limit
 
 
 def instances(tasks: list[Task], config: TuneConfig) -> list[TuneTask]:
@@ -244,7 +252,13 @@ class TuneLedger:
             :MISTAKES_SHOWN
         ]
         return TaskScore(
-            instance.task, instance.labels, instruction.text, run.scores.macro_f1, run.scores.invalid_rate, mistakes
+            instance.task,
+            instance.labels,
+            instruction.text,
+            run.scores.macro_f1,
+            run.scores.invalid_rate,
+            mistakes,
+            cut_off=instruction.completion_tokens >= self.induce_config.max_tokens,
         )
 
     def ask_generator(self, chat: Chat, params: GenParams) -> Generation:
@@ -293,11 +307,13 @@ def proposal(reply: str) -> str:
 
 
 class TuneReflection(ReflectionLM):
-    """gepa's reflection LM, greedy first; a reply that hands back the meta-prompt it was shown is asked again."""
+    """gepa's reflection LM, greedy first; a reply that echoes the shown meta-prompt, or drops a placeholder,
+    is asked again."""
 
     def __init__(self, ledger: TuneLedger, max_tokens: int, seed: int):
         super().__init__(ledger, max_tokens, seed)  # type: ignore[arg-type]
         self.echoes = 0  # echoed replies, each followed by a sampled retry while retries last
+        self.placeholder_misses = 0  # replies without {labels} or {examples}, each followed by a retry
 
     def __call__(self, prompt: str | Chat) -> str:
         reply = super().__call__(prompt)
@@ -309,7 +325,34 @@ class TuneReflection(ReflectionLM):
             reply = self.ask(
                 prompt, replace(self.params, temperature=ECHO_TEMPERATURE, seed=self.params.seed + attempt)
             )
+        return self._with_placeholders(prompt, reply)
+
+    def _with_placeholders(self, prompt: str | Chat, reply: str) -> str:
+        """The reply, or a retry in the same chat told which placeholders it dropped; the last reply if none has them."""
+        chat = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        for _ in range(PLACEHOLDER_RETRIES):
+            missing = metaprompts.missing_placeholders(proposal(reply))
+            if not missing:
+                break
+            self.placeholder_misses += 1
+            chat = [
+                *chat,
+                {"role": "assistant", "content": reply},
+                {"role": "user", "content": placeholder_nudge(missing)},
+            ]
+            reply = self.ask(chat, self.params)
         return reply
+
+
+def placeholder_nudge(missing: list[str]) -> str:
+    """The follow-up message to a proposal that lacks placeholders."""
+    plural = "s" if len(missing) > 1 else ""
+    return (
+        f"Your meta-prompt lacks the placeholder{plural} {' and '.join(missing)}: without {'them' if plural else 'it'} "
+        "the generator never sees the task's labels or examples, and the meta-prompt scores 0 on every task. "
+        "Write the whole improved meta-prompt again, short, with {labels} and {examples} each exactly once, "
+        "within ``` blocks."
+    )
 
 
 # ---------------------------------------------------------------- gepa's adapter
@@ -324,9 +367,23 @@ def task_feedback(score: TaskScore) -> str:
         parts.append(f"{score.invalid_rate:.0%} of the follower's replies were not one of the labels.")
     if not score.instruction:
         parts.append("The generator wrote an empty instruction.")
+    if score.cut_off:
+        parts.append(
+            "The generator's reply ran to its token limit and was cut off (it rambled or repeated itself); "
+            "the follower read all of it before every input."
+        )
     if not score.mistakes:
         parts.append("The follower made no mistakes.")
     return " ".join(parts)
+
+
+def shown_instruction(instruction: str) -> str:
+    """A generated instruction as the reflection LM reads it: its first INSTRUCTION_SHOWN characters."""
+    if not instruction:
+        return "(none)"
+    if len(instruction) <= INSTRUCTION_SHOWN:
+        return instruction
+    return f"{instruction[:INSTRUCTION_SHOWN]}... [{len(instruction) - INSTRUCTION_SHOWN} more characters]"
 
 
 def format_mistakes(score: TaskScore) -> str:
@@ -364,7 +421,7 @@ class MetaPromptAdapter:
         records = [
             {
                 "Task": f"labels: {prompts.label_list(s.labels)}",
-                "Generated instruction": s.instruction or "(none)",
+                "Generated instruction": shown_instruction(s.instruction),
                 "Follower mistakes": format_mistakes(s),
                 "Feedback": task_feedback(s),
             }
@@ -503,6 +560,8 @@ def tune(config: TuneConfig, run_dir: Path, *, register: bool = True, quiet: boo
         "registered": str(registered) if registered else None,
         **header,
         "wall_seconds": round(time.perf_counter() - began, 1),
+        "reflection_echoes": reflection.echoes,  # this process's retries only: a resumed run counts afresh
+        "reflection_placeholder_misses": reflection.placeholder_misses,
         "finalists": [{k: v for k, v in asdict(f).items() if k != "text"} | {"start": f.index == 0} for f in finalists],
     }
 
