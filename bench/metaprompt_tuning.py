@@ -1,7 +1,9 @@
 """Does a tuned meta-prompt help a generator we cannot train? Default vs tuned template on the 23 test tasks.
 
 Arms: naive, icl:20, and promptmii-zero with the default template and with the tuned template, for
-each bundled generator (1.5B, 0.5B); the follower is the bundled 1.5B; n=20, m=100, seed 0. The tuned
+each bundled generator (1.5B, 0.5B); the follower is the bundled 1.5B; n=20, m=100, seed 0 (--seeds adds
+shot-draw seeds: an arm's per-task score is then its mean over the seeds, and a task counts once every arm
+has every seed). The tuned
 template is the one auto-selection picks for the generator (shipped in promptmii/templates/tuned/ or
 registered by `promptmii tune` in $PROMPTMII_HOME/templates/), so tune first (docs/tuning.md):
 
@@ -9,6 +11,8 @@ registered by `promptmii tune` in $PROMPTMII_HOME/templates/), so tune first (do
     promptmii tune --corpus ../shared/corpus --generator llamacpp:qwen2.5-coder-0.5b-instruct --budget 1000 --m 20 -o runs/tune-0.5b
     python bench/metaprompt_tuning.py                    # run (resumes), then summarize
     python bench/metaprompt_tuning.py --summarize-only
+    python bench/metaprompt_tuning.py --generators 0.5b --seeds 0,1 --arms naive,promptmii-zero/tuned/0.5b \
+        --out bench/results/metaprompt_tuning_seeds.json     # a second shot-draw seed, for the arms named
 
 Goal (1.5B generator): tuned >= naive + 0.02 and >= default + 0.03 mean macro-F1, at <= 300 prompt
 tokens/query. Rows go to bench/runs/metaprompt_tuning/ (resumable); the summary to
@@ -55,6 +59,8 @@ def main() -> None:
     parser.add_argument("--follower", default=FOLLOWER)
     parser.add_argument("--m", type=int, default=100)
     parser.add_argument("--tasks", type=int, default=0, help="first K test tasks only (a smoke run) [0 = all]")
+    parser.add_argument("--seeds", default="0", help="shot-draw seeds, comma-separated")
+    parser.add_argument("--arms", default="", help="run and summarize only these arms, comma-separated [all]")
     parser.add_argument("--summarize-only", action="store_true")
     parser.add_argument("--no-reuse", action="store_true", help="run every arm here, none read from the spine run")
     args = parser.parse_args()
@@ -85,24 +91,29 @@ def main() -> None:
             "tuned_is_default": tuned.sha256 == default_sha,
         }
     reused = [] if args.no_reuse else [r for r in rows(SPINE_ROWS) if arm_of(r, generators) in REUSABLE]
+    seeds = [int(s) for s in args.seeds.split(",")]
+    arms = args.arms.split(",") if args.arms else list(configs)  # run in the order given
+    if unknown := set(arms) - set(configs):
+        sys.exit(f"unknown arms {sorted(unknown)}: choose from {sorted(configs)}")
     if not args.summarize_only:
-        for arm, config in configs.items():  # the shared arms first, then each generator's default and tuned
-            have = {r.task for r in reused if arm_of(r, generators) == arm and counts(r, args.m)}
-            if missing := [t for t in tasks if t.id not in have]:
-                run_eval(missing, config, out)
-    summary = summarize(task_ids, reused + rows(out.results_path), generators, args)
+        for seed in seeds:
+            for arm in arms:  # by default the shared arms first, then each generator's default and tuned
+                have = {r.task for r in reused if arm_of(r, generators) == arm and counts(r, args.m, seed)}
+                if missing := [t for t in tasks if t.id not in have]:
+                    run_eval(missing, replace(configs[arm], seed=seed), out)
+    summary = summarize(task_ids, reused + rows(out.results_path), generators, args, seeds, arms if args.arms else None)
     summary["reused_from"] = {
         "rows": str(SPINE_ROWS.relative_to(ROOT.parent)),
-        "arms": sorted({arm_of(r, generators) for r in reused if counts(r, args.m)}),
+        "arms": sorted({arm_of(r, generators) for r in reused if counts(r, args.m, 0)}),
     }
     summary["seconds_this_invocation"] = round(time.time() - start, 1)
     write_json(Path(args.out), summary)
     print(json.dumps(summary["mean"], indent=2))
 
 
-def counts(row: Result, m: int) -> bool:
-    """A row of this benchmark's settings: seed 0, n=20 and the m asked for."""
-    return row.config.get("m") == m and row.seed == 0 and row.n_shots == 20
+def counts(row: Result, m: int, seed: int) -> bool:
+    """A row of this benchmark's settings: the seed, n=20 and the m asked for."""
+    return row.config.get("m") == m and row.seed == seed and row.n_shots == 20
 
 
 def arm_of(row, generators: dict) -> str | None:
@@ -121,44 +132,67 @@ def arm_of(row, generators: dict) -> str | None:
     return None
 
 
-def summarize(task_ids: list[str], rows: list, generators: dict, args: argparse.Namespace) -> dict:
+def summarize(
+    task_ids: list[str],
+    rows: list,
+    generators: dict,
+    args: argparse.Namespace,
+    seeds: list[int] | tuple[int, ...] = (0,),
+    only: list[str] | None = None,
+) -> dict:
+    """Means, paired differences and the goal over the tasks every arm has at every seed."""
     follower_ids = {r.follower for r in rows if r.method in SHARED_ARMS}
-    by_arm: dict[str, dict[str, object]] = {}
-    for r in rows:  # the latest row per (arm, task) wins: this run's rows come after the reused ones
+    by_arm: dict[str, dict[tuple[str, int], object]] = {}
+    for r in rows:  # the latest row per (arm, task, seed) wins: this run's rows come after the reused ones
         arm = arm_of(r, generators)
-        if arm and r.task in task_ids and counts(r, args.m):
-            by_arm.setdefault(arm, {})[r.task] = r
+        if arm and r.task in task_ids and r.seed in seeds and counts(r, args.m, r.seed):
+            by_arm.setdefault(arm, {})[r.task, r.seed] = r
     for short, g in generators.items():
         if g.get("tuned_is_default"):  # same text, same seed: the default arm's rows are the tuned arm's
             by_arm[f"promptmii-zero/tuned/{short}"] = by_arm.get(f"promptmii-zero/default/{short}", {})
     arms = [*SHARED_ARMS, *(f"promptmii-zero/{k}/{s}" for s in generators for k in ("default", "tuned"))]
-    complete = [t for t in task_ids if all(t in by_arm.get(a, {}) for a in arms)]
+    arms = [a for a in arms if only is None or a in only]
+    complete = [t for t in task_ids if all((t, s) in by_arm.get(a, {}) for a in arms for s in seeds)]
+
+    def score(arm: str, task: str, field: str = "macro_f1") -> float:
+        return mean(getattr(by_arm[arm][task, s], field) for s in seeds)
+
     mean_table = {
         a: {
-            "macro_f1": round(mean(by_arm[a][t].macro_f1 for t in complete), 4),
-            "prompt_tokens_per_query": round(mean(by_arm[a][t].prompt_tokens_per_query for t in complete), 1),
-            "invalid_rate": round(mean(by_arm[a][t].invalid_rate for t in complete), 4),
+            "macro_f1": round(mean(score(a, t) for t in complete), 4),
+            "prompt_tokens_per_query": round(mean(score(a, t, "prompt_tokens_per_query") for t in complete), 1),
+            "invalid_rate": round(mean(score(a, t, "invalid_rate") for t in complete), 4),
         }
         for a in arms
         if complete
     }
-    paired = {}
+    by_seed = {
+        str(s): {a: round(mean(by_arm[a][t, s].macro_f1 for t in complete), 4) for a in arms} for s in seeds if complete
+    }
+    pairs = {}
     for short in generators:
         tuned, default = f"promptmii-zero/tuned/{short}", f"promptmii-zero/default/{short}"
-        for name, (a, b) in {
+        pairs |= {
             f"tuned-naive/{short}": (tuned, "naive"),
             f"tuned-default/{short}": (tuned, default),
             f"tuned-icl:20/{short}": (tuned, "icl:20"),
             f"default-naive/{short}": (default, "naive"),
-        }.items():
-            diffs = [by_arm[a][t].macro_f1 - by_arm[b][t].macro_f1 for t in complete]
-            if diffs:
-                low, high = bootstrap_ci(diffs)
-                paired[name] = {"mean": round(mean(diffs), 4), "ci95": [round(low, 4), round(high, 4)],
-                                "wilcoxon_p": round(wilcoxon_p(diffs), 4), "tasks": len(diffs)}  # fmt: skip
+        }
+        # a tuned generator against another one's default: which generator should users run?
+        pairs |= {
+            f"tuned/{short}-default/{o}": (tuned, f"promptmii-zero/default/{o}") for o in generators if o != short
+        }
+    paired = {}
+    for name, (a, b) in pairs.items():
+        if a in arms and b in arms and complete:
+            diffs = [score(a, t) - score(b, t) for t in complete]
+            low, high = bootstrap_ci(diffs)
+            paired[name] = {"mean": round(mean(diffs), 4), "ci95": [round(low, 4), round(high, 4)],
+                            "wilcoxon_p": round(wilcoxon_p(diffs), 4), "tasks": len(diffs)}  # fmt: skip
     goal_short = GOAL["generator"]
     goal = None
-    if complete and goal_short in generators:
+    goal_arms = {"naive", f"promptmii-zero/tuned/{goal_short}", f"promptmii-zero/default/{goal_short}"}
+    if complete and goal_short in generators and goal_arms <= set(arms):
         tuned = mean_table[f"promptmii-zero/tuned/{goal_short}"]
         goal = GOAL | {
             "met_over_naive": tuned["macro_f1"] >= mean_table["naive"]["macro_f1"] + GOAL["over_naive"],
@@ -169,6 +203,8 @@ def summarize(task_ids: list[str], rows: list, generators: dict, args: argparse.
     return {
         "benchmark": "metaprompt_tuning",
         "mean": mean_table,
+        "mean_by_seed": by_seed,
+        "seeds": list(seeds),
         "tuning_llm_calls": {s: _int(g["tuned_template"]["header"].get("llm_calls")) for s, g in generators.items()},
         "tuning_model_seconds": {
             s: _float(g["tuned_template"]["header"].get("model_seconds")) for s, g in generators.items()
@@ -180,7 +216,7 @@ def summarize(task_ids: list[str], rows: list, generators: dict, args: argparse.
         "tasks_total": len(task_ids),
         "tasks_complete": len(complete),
         "complete": len(complete) == len(task_ids),
-        "per_task": {a: {t: round(by_arm[a][t].macro_f1, 4) for t in complete} for a in arms if complete},
+        "per_task": {a: {t: round(score(a, t), 4) for t in complete} for a in arms if complete},
         "machine": machine(),
     }
 

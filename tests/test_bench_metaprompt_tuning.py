@@ -21,8 +21,9 @@ def zero_row(
     task: str, f1: float, *, template: str | None, sha: str | None, config_template: str | None = None, **fields
 ) -> object:
     config = {"m": 100, "template": config_template or template}
+    fields = {"generator": "gen15@1"} | fields
     return row(
-        task, "promptmii-zero", f1, m=100, generator="gen15@1", template=template, template_sha256=sha,
+        task, "promptmii-zero", f1, m=100, template=template, template_sha256=sha,
         instruction=f"instruction for {task}", config=config, **fields,
     )  # fmt: skip
 
@@ -72,3 +73,39 @@ def test_a_tuned_template_with_the_default_text_is_the_default_arm() -> None:
     assert summary["mean"]["promptmii-zero/tuned/1.5b"] == summary["mean"]["promptmii-zero/default/1.5b"]
     assert summary["paired"]["tuned-default/1.5b"]["mean"] == 0.0
     assert not summary["goal"]["met_over_default"] and not summary["goal"]["met_over_naive"]
+
+
+def test_two_seeds_average_per_task_and_a_task_missing_a_seed_is_left_out() -> None:
+    bench = load_script("bench/metaprompt_tuning.py")
+    rows = [row(t, "naive", 0.50, m=100, seed=s, config={"m": 100}) for t in ("a", "b") for s in (0, 1)]
+    rows += [zero_row(t, 0.40, template="tuned/gen15", sha="t" * 64) for t in ("a", "b")]
+    rows += [zero_row("a", 0.60, template="tuned/gen15", sha="t" * 64, seed=1)]  # task b lacks seed 1
+    args = argparse.Namespace(m=100, follower="llamacpp:qwen2.5-coder-1.5b-instruct")
+    arms = ["naive", "promptmii-zero/tuned/1.5b"]
+
+    summary = bench.summarize(["a", "b"], rows, GENERATORS, args, seeds=[0, 1], only=arms)
+
+    assert summary["tasks_complete"] == 1 and not summary["complete"]
+    assert list(summary["mean"]) == arms  # icl:20 and the default arm were not asked for
+    assert summary["mean"]["promptmii-zero/tuned/1.5b"]["macro_f1"] == 0.5  # (0.40 + 0.60) / 2 on task a
+    assert summary["mean_by_seed"] == {"0": {"naive": 0.5, "promptmii-zero/tuned/1.5b": 0.4},
+                                       "1": {"naive": 0.5, "promptmii-zero/tuned/1.5b": 0.6}}  # fmt: skip
+    assert summary["goal"] is None  # the goal needs the default arm
+    assert "tuned-naive/1.5b" in summary["paired"] and "tuned-default/1.5b" not in summary["paired"]
+
+
+def test_a_tuned_generator_is_paired_with_the_other_generators_default() -> None:
+    bench = load_script("bench/metaprompt_tuning.py")
+    small = {"spec": "llamacpp:small", "model_id": "gen05@1", "default_template": {"name": "terse", "sha256": "d" * 64},
+             "tuned_template": {"name": "tuned/gen05", "sha256": "s" * 64, "header": {}}}  # fmt: skip
+    generators = GENERATORS | {"0.5b": small}
+    rows = [row(t, arm, 0.50, m=100, config={"m": 100}) for t in ("a", "b") for arm in bench.SHARED_ARMS]
+    for generator, template, f1 in (("gen15@1", "t", 0.45), ("gen15@1", "d", 0.40), ("gen05@1", "s", 0.48),
+                                    ("gen05@1", "d", 0.30)):  # fmt: skip
+        rows += [zero_row(t, f1, template="x", sha=template * 64, generator=generator) for t in ("a", "b")]
+    args = argparse.Namespace(m=100, follower="llamacpp:qwen2.5-coder-1.5b-instruct")
+
+    paired = bench.summarize(["a", "b"], rows, generators, args)["paired"]
+
+    assert paired["tuned/0.5b-default/1.5b"]["mean"] == 0.08
+    assert paired["tuned/1.5b-default/0.5b"]["mean"] == 0.15
