@@ -28,6 +28,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Collection
 from dataclasses import replace
 from pathlib import Path
 
@@ -98,22 +99,22 @@ def main() -> None:
     if not args.summarize_only:
         for seed in seeds:
             for arm in arms:  # by default the shared arms first, then each generator's default and tuned
-                have = {r.task for r in reused if arm_of(r, generators) == arm and counts(r, args.m, seed)}
+                have = {r.task for r in reused if arm_of(r, generators) == arm and counts(r, args.m, (seed,))}
                 if missing := [t for t in tasks if t.id not in have]:
                     run_eval(missing, replace(configs[arm], seed=seed), out)
     summary = summarize(task_ids, reused + rows(out.results_path), generators, args, seeds, arms if args.arms else None)
     summary["reused_from"] = {
         "rows": str(SPINE_ROWS.relative_to(ROOT.parent)),
-        "arms": sorted({arm_of(r, generators) for r in reused if counts(r, args.m, 0)}),
+        "arms": sorted({arm_of(r, generators) for r in reused if counts(r, args.m, (0,))}),
     }
     summary["seconds_this_invocation"] = round(time.time() - start, 1)
     write_json(Path(args.out), summary)
     print(json.dumps(summary["mean"], indent=2))
 
 
-def counts(row: Result, m: int, seed: int) -> bool:
-    """A row of this benchmark's settings: the seed, n=20 and the m asked for."""
-    return row.config.get("m") == m and row.seed == seed and row.n_shots == 20
+def counts(row: Result, m: int, seeds: Collection[int]) -> bool:
+    """A row of this benchmark's settings: one of the seeds, n=20 and the m asked for."""
+    return row.config.get("m") == m and row.seed in seeds and row.n_shots == 20
 
 
 def arm_of(row, generators: dict) -> str | None:
@@ -145,7 +146,7 @@ def summarize(
     by_arm: dict[str, dict[tuple[str, int], object]] = {}
     for r in rows:  # the latest row per (arm, task, seed) wins: this run's rows come after the reused ones
         arm = arm_of(r, generators)
-        if arm and r.task in task_ids and r.seed in seeds and counts(r, args.m, r.seed):
+        if arm and r.task in task_ids and counts(r, args.m, seeds):
             by_arm.setdefault(arm, {})[r.task, r.seed] = r
     for short, g in generators.items():
         if g.get("tuned_is_default"):  # same text, same seed: the default arm's rows are the tuned arm's
