@@ -18,8 +18,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from promptmii.metrics import bootstrap_ci
-from promptmii.results import Result, atomic_write, git_sha, read_done
+from promptmii.metrics import bootstrap_ci, label_collapsed
+from promptmii.results import Result, atomic_write, git_sha, read_done, read_jsonl
 
 ROOT = Path(__file__).resolve().parent  # bench/
 REPO = ROOT.parent
@@ -61,6 +61,28 @@ def instruction_stats(rows: list[Result]) -> dict[str, Any]:
         return {"distinct_instructions": None, "rows": len(rows), "mean_instruction_tokens": None}
     tokens = [r.generator_completion_tokens for r in rows if r.generator]
     return {"distinct_instructions": len(set(texts)), "rows": len(texts), "mean_instruction_tokens": mean(tokens, 1)}
+
+
+def collapsed_rows(rows: list[Result], samples_paths: list[Path]) -> dict[tuple, bool]:
+    """Row key -> whether the follower answered one label to >= 90% of that row's inputs (metrics.label_collapsed).
+
+    Read from the samples.jsonl files of the runs the rows came from; a row whose samples are not there
+    has no entry.
+    """
+    wanted = {r.key: r for r in rows}
+    found: dict[tuple, list[tuple[int, str, str]]] = {}
+    for path in samples_paths:
+        for sample in read_jsonl(path) if path.exists() else []:
+            key = (sample["task"], sample["method"], sample["fingerprint"])
+            if key in wanted:
+                found.setdefault(key, []).append((sample["index"], sample["gold"], sample["prediction"]))
+    out = {}
+    for key, samples in found.items():
+        by_index = {index: (gold, pred) for index, gold, pred in samples}  # a rerun's duplicates count once
+        if len(by_index) == wanted[key].m:
+            pairs = [by_index[i] for i in sorted(by_index)]
+            out[key] = label_collapsed([g for g, _ in pairs], [p for _, p in pairs])
+    return out
 
 
 def paired_ci(a: list[float], b: list[float], *, level: float = 0.95, seed: int = 0) -> dict[str, float]:

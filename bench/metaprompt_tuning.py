@@ -34,7 +34,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from _common import CORPUS, ROOT, machine, rows, write_json
+from _common import CORPUS, ROOT, collapsed_rows, machine, rows, write_json
 from promptmii import metaprompts, models, prompts
 from promptmii.data import load_tasks
 from promptmii.experiment import Backends, EvalConfig, run_eval
@@ -102,7 +102,9 @@ def main() -> None:
                 have = {r.task for r in reused if arm_of(r, generators) == arm and counts(r, args.m, (seed,))}
                 if missing := [t for t in tasks if t.id not in have]:
                     run_eval(missing, replace(configs[arm], seed=seed), out)
-    summary = summarize(task_ids, reused + rows(out.results_path), generators, args, seeds, arms if args.arms else None)
+    all_rows = reused + rows(out.results_path)
+    collapse = collapsed_rows(all_rows, [SPINE_ROWS.with_name("samples.jsonl"), out.samples_path])
+    summary = summarize(task_ids, all_rows, generators, args, seeds, arms if args.arms else None, collapse)
     summary["reused_from"] = {
         "rows": str(SPINE_ROWS.relative_to(ROOT.parent)),
         "arms": sorted({arm_of(r, generators) for r in reused if counts(r, args.m, (0,))}),
@@ -140,8 +142,13 @@ def summarize(
     args: argparse.Namespace,
     seeds: list[int] | tuple[int, ...] = (0,),
     only: list[str] | None = None,
+    collapse: dict[tuple, bool] | None = None,
 ) -> dict:
-    """Means, paired differences and the goal over the tasks every arm has at every seed."""
+    """Means, paired differences and the goal over the tasks every arm has at every seed.
+
+    `collapse` (row key -> bool, from the runs' samples) adds `label_collapse`: per arm, the (task, seed)
+    cells where the follower gave one label to >= 90% of the inputs, the main way these arms lose macro-F1.
+    """
     follower_ids = {r.follower for r in rows if r.method in SHARED_ARMS}
     by_arm: dict[str, dict[tuple[str, int], object]] = {}
     for r in rows:  # the latest row per (arm, task, seed) wins: this run's rows come after the reused ones
@@ -190,6 +197,15 @@ def summarize(
             low, high = bootstrap_ci(diffs)
             paired[name] = {"mean": round(mean(diffs), 4), "ci95": [round(low, 4), round(high, 4)],
                             "wilcoxon_p": round(wilcoxon_p(diffs), 4), "tasks": len(diffs)}  # fmt: skip
+    label_collapse = {}
+    for a in arms if complete and collapse is not None else []:
+        cells = {(t, s): collapse.get(by_arm[a][t, s].key) for t in complete for s in seeds}
+        label_collapse[a] = {
+            "collapsed_cells": sum(bool(c) for c in cells.values()),
+            "cells": len(cells),
+            "cells_without_samples": sum(c is None for c in cells.values()),
+            "tasks": sorted({t for (t, _), c in cells.items() if c}),
+        }
     goal_short = GOAL["generator"]
     goal = None
     goal_arms = {"naive", f"promptmii-zero/tuned/{goal_short}", f"promptmii-zero/default/{goal_short}"}
@@ -212,6 +228,7 @@ def summarize(
         },
         "generators": generators,
         "paired": paired,
+        "label_collapse": label_collapse,
         "goal": goal,
         "config": {"n": 20, "m": args.m, "seed": 0, "follower": args.follower, "follower_ids": sorted(follower_ids)},
         "tasks_total": len(task_ids),

@@ -109,3 +109,20 @@ def test_a_tuned_generator_is_paired_with_the_other_generators_default() -> None
 
     assert paired["tuned/0.5b-default/1.5b"]["mean"] == 0.08
     assert paired["tuned/1.5b-default/0.5b"]["mean"] == 0.15
+
+
+def test_label_collapse_counts_each_arms_cells_and_names_their_tasks() -> None:
+    bench = load_script("bench/metaprompt_tuning.py")
+    rows = [row(t, "naive", 0.50, m=100, config={"m": 100}) for t in ("a", "b")]
+    rows += [zero_row(t, 0.40, template="tuned/gen15", sha="t" * 64) for t in ("a", "b")]
+    collapse = {rows[0].key: True, rows[1].key: False, rows[2].key: False}  # tuned on task b has no samples
+    args = argparse.Namespace(m=100, follower="llamacpp:qwen2.5-coder-1.5b-instruct")
+
+    summary = bench.summarize(["a", "b"], rows, GENERATORS, args, only=["naive", "promptmii-zero/tuned/1.5b"],
+                              collapse=collapse)  # fmt: skip
+
+    assert summary["label_collapse"] == {
+        "naive": {"collapsed_cells": 1, "cells": 2, "cells_without_samples": 0, "tasks": ["a"]},
+        "promptmii-zero/tuned/1.5b": {"collapsed_cells": 0, "cells": 2, "cells_without_samples": 1, "tasks": []},
+    }
+    assert bench.summarize(["a", "b"], rows, GENERATORS, args)["label_collapse"] == {}  # no samples read

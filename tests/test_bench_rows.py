@@ -52,3 +52,30 @@ def test_instruction_stats_count_distinct_instructions_and_their_length() -> Non
         "rows": len(without_generator),
         "mean_instruction_tokens": None,
     }
+
+
+def test_collapsed_rows_finds_the_followers_one_label_answers_in_the_committed_samples() -> None:
+    from promptmii.results import read_results
+
+    collapsed_rows = load_script("bench/_common.py").collapsed_rows
+    run = REPO / "bench" / "runs" / "metaprompt_tuning"
+    naive = {r.task: r for r in read_results(run / "results.jsonl") if r.method == "naive" and r.seed == 1}
+    found = collapsed_rows(list(naive.values()), [run / "samples.jsonl", run / "no-such-samples.jsonl"])
+    assert len(found) == len(naive)  # every row's 100 samples are there
+    # the 1.5B follower answered "spam" to 98 of 100 SMS (8 spam) and "positive"/"negative" evenly on sst2
+    assert found[naive["sms_spam"].key] and not found[naive["sst2"].key]
+
+
+def test_collapsed_rows_skip_a_row_whose_samples_are_incomplete(tmp_path: Path) -> None:
+    from test_analysis import row
+
+    collapsed_rows = load_script("bench/_common.py").collapsed_rows
+    whole, cut = row("a", m=3), row("b", m=3)
+
+    def sample(r, index: int, prediction: str) -> dict:
+        return {"task": r.task, "method": r.method, "fingerprint": r.fingerprint, "index": index,
+                "gold": ["x", "y", "y"][index], "prediction": prediction}  # fmt: skip
+
+    samples = [sample(whole, i, "x") for i in (0, 1, 2, 2)] + [sample(cut, i, "x") for i in (0, 1)]
+    (tmp_path / "samples.jsonl").write_text("".join(json.dumps(s) + "\n" for s in samples))
+    assert collapsed_rows([whole, cut], [tmp_path / "samples.jsonl"]) == {whole.key: True}

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.metrics import f1_score
 
-from promptmii.metrics import accuracy, invalid_rate, macro_f1, score
+from promptmii.metrics import accuracy, invalid_rate, label_collapsed, macro_f1, score, top_label_share
 from promptmii.parse import INVALID
 
 
@@ -51,3 +51,21 @@ def test_macro_f1_matches_sklearn(pairs) -> None:
 def test_score_bundles_everything() -> None:
     s = score(["x", "y"], ["x", INVALID])
     assert (s.accuracy, s.invalid_rate, s.n) == (0.5, 0.5, 2)
+
+
+def test_top_label_share_never_names_invalid() -> None:
+    assert top_label_share(["spam", INVALID, INVALID, "ham"]) in {("spam", 0.25), ("ham", 0.25)}
+    assert top_label_share([INVALID, INVALID]) == (None, 0.0)
+    assert top_label_share([]) == (None, 0.0)
+
+
+def test_label_collapse_is_one_label_for_almost_every_input_against_a_mixed_gold() -> None:
+    # sms_spam as the 1.5B follower answered it: "spam" to 98 of 100 texts, 8 of them spam.
+    gold = ["spam"] * 8 + ["ham"] * 92
+    assert label_collapsed(gold, ["spam"] * 98 + ["ham"] * 2)
+    assert not label_collapsed(gold, ["spam"] * 89 + ["ham"] * 11)  # under the 90% share
+    assert not label_collapsed(["ham"] * 95 + ["spam"] * 5, ["ham"] * 100)  # the gold is that skewed too
+    assert not label_collapsed(gold, [INVALID] * 100)  # all-invalid is the invalid rate's problem
+    assert not label_collapsed([], [])
+    with pytest.raises(ValueError, match="2 gold labels but 1 predictions"):
+        label_collapsed(["a", "b"], ["a"])

@@ -1,4 +1,4 @@
-"""Pure metrics over (gold, predicted) label lists: macro-F1, accuracy, invalid rate.
+"""Pure metrics over (gold, predicted) label lists: macro-F1, accuracy, invalid rate, label collapse.
 
 macro-F1 is averaged over the gold classes present in the scored set. A wrong or INVALID prediction
 is a false negative for its gold class; a wrong real label is also a false positive for that label
@@ -54,6 +54,26 @@ def accuracy(gold: list[str], pred: list[str]) -> float:
 
 def invalid_rate(pred: list[str]) -> float:
     return sum(p == INVALID for p in pred) / len(pred) if pred else 0.0
+
+
+def top_label_share(pred: list[str]) -> tuple[str | None, float]:
+    """The label predicted most often and its share of all replies (INVALID is never that label).
+
+    A small follower often answers one label to nearly every input whatever the instruction says; this is
+    how a benchmark sees it without reading the samples.
+    """
+    labels = Counter(p for p in pred if p != INVALID)
+    if not labels:
+        return None, 0.0
+    label, count = labels.most_common(1)[0]
+    return label, count / len(pred)
+
+
+def label_collapsed(gold: list[str], pred: list[str], *, share: float = 0.9) -> bool:
+    """True when one label takes at least `share` of the replies but less than `share` of the gold labels."""
+    _check(gold, pred)
+    label, predicted_share = top_label_share(pred)
+    return bool(gold) and label is not None and predicted_share >= share and gold.count(label) / len(gold) < share
 
 
 def mean(values: Iterable[float]) -> float:
