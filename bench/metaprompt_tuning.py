@@ -11,8 +11,9 @@ registered by `promptmii tune` in $PROMPTMII_HOME/templates/), so tune first (do
     promptmii tune --corpus ../shared/corpus --generator llamacpp:qwen2.5-coder-0.5b-instruct --budget 1000 --m 20 -o runs/tune-0.5b
     python bench/metaprompt_tuning.py                    # run (resumes), then summarize
     python bench/metaprompt_tuning.py --summarize-only
-    python bench/metaprompt_tuning.py --generators 0.5b --seeds 0,1 --arms naive,promptmii-zero/tuned/0.5b \
-        --out bench/results/metaprompt_tuning_seeds.json     # a second shot-draw seed, for the arms named
+    python bench/metaprompt_tuning.py --seeds 0,1 --out bench/results/metaprompt_tuning_seeds.json \
+        --arms promptmii-zero/tuned/0.5b,naive,promptmii-zero/default/1.5b,promptmii-zero/default/0.5b
+                                                         # a second shot-draw seed, for the arms named
 
 Goal (1.5B generator): tuned >= naive + 0.02 and >= default + 0.03 mean macro-F1, at <= 300 prompt
 tokens/query. Rows go to bench/runs/metaprompt_tuning/ (resumable); the summary to
@@ -197,15 +198,17 @@ def summarize(
             low, high = bootstrap_ci(diffs)
             paired[name] = {"mean": round(mean(diffs), 4), "ci95": [round(low, 4), round(high, 4)],
                             "wilcoxon_p": round(wilcoxon_p(diffs), 4), "tasks": len(diffs)}  # fmt: skip
-    label_collapse = {}
-    for a in arms if complete and collapse is not None else []:
-        cells = {(t, s): collapse.get(by_arm[a][t, s].key) for t in complete for s in seeds}
-        label_collapse[a] = {
+
+    def collapse_count(arm: str) -> dict:
+        cells = {(t, s): collapse.get(by_arm[arm][t, s].key) for t in complete for s in seeds}
+        return {
             "collapsed_cells": sum(bool(c) for c in cells.values()),
             "cells": len(cells),
             "cells_without_samples": sum(c is None for c in cells.values()),
             "tasks": sorted({t for (t, _), c in cells.items() if c}),
         }
+
+    label_collapse = {a: collapse_count(a) for a in arms} if complete and collapse is not None else {}
     goal_short = GOAL["generator"]
     goal = None
     goal_arms = {"naive", f"promptmii-zero/tuned/{goal_short}", f"promptmii-zero/default/{goal_short}"}
@@ -230,7 +233,13 @@ def summarize(
         "paired": paired,
         "label_collapse": label_collapse,
         "goal": goal,
-        "config": {"n": 20, "m": args.m, "seed": 0, "follower": args.follower, "follower_ids": sorted(follower_ids)},
+        "config": {
+            "n": 20,
+            "m": args.m,
+            "seeds": list(seeds),
+            "follower": args.follower,
+            "follower_ids": sorted(follower_ids),
+        },
         "tasks_total": len(task_ids),
         "tasks_complete": len(complete),
         "complete": len(complete) == len(task_ids),
