@@ -28,14 +28,16 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from functools import cache
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from _common import CORPUS, ROOT, machine, write_json
 from promptmii import models
+from promptmii.backends import Backend
 from promptmii.classify import load_follower
-from promptmii.data import draw, load_tasks
+from promptmii.data import Example, Task, draw, load_tasks
 from promptmii.evaluate import run_follower
 from promptmii.metrics import bootstrap_ci, label_collapsed, mean, score, wilcoxon_p
 from promptmii.results import read_jsonl
@@ -101,24 +103,15 @@ def main() -> None:
                     arm: committed_row(by_seed[seed][arm], task.id, *COMMITTED[arm], seed, m, gold) for arm in COMMITTED
                 }
                 for kind in kinds:
-                    if follower is None or (split, task.id, seed, kind) in done:
-                        continue
-                    instruction = written[kind][task.id]
-                    run = run_follower(follower, instruction, task.labels, test, desc=f"{task.id} {kind} seed {seed}")
-                    if failed := [e for e in run.errors if e]:  # not a result: no row, so a rerun asks again
-                        print(f"{task.id} {kind}: {len(failed)} follower calls failed (first: {failed[0]}); not stored")
-                        continue
-                    row = {"split": split, "task": task.id, "kind": kind, "seed": seed, "m": len(test),
-                           "follower": follower.model_id, "instruction": instruction,
-                           "macro_f1": run.scores.macro_f1, "accuracy": run.scores.accuracy,
-                           "invalid_rate": run.scores.invalid_rate,
-                           "prompt_tokens_per_query": run.prompt_tokens_per_query,
-                           "collapsed": label_collapsed(gold, run.predictions),
-                           "predictions": run.predictions}  # fmt: skip
-                    rows_path.parent.mkdir(parents=True, exist_ok=True)
-                    with rows_path.open("a", encoding="utf-8") as f:
-                        f.write(json.dumps(row) + "\n")
-                    found.append(row)
+                    if follower is not None and (split, task.id, seed, kind) not in done:
+                        row = scored_row(
+                            follower, task, written[kind][task.id], test, split=split, kind=kind, seed=seed
+                        )
+                        if row is not None:
+                            rows_path.parent.mkdir(parents=True, exist_ok=True)
+                            with rows_path.open("a", encoding="utf-8") as f:
+                                f.write(json.dumps(row) + "\n")
+                            found.append(row)
     summary = summarize(found, committed, seeds)
     summary["machine"] = machine()
     write_json(Path(args.out), summary)
@@ -126,6 +119,28 @@ def main() -> None:
         for view, figures in summary.get(split, {}).items():
             if isinstance(figures, dict) and "mean" in figures:
                 print(split, view, {a: v["macro_f1"] for a, v in figures["mean"].items()})
+
+
+def scored_row(
+    follower: Backend, task: Task, instruction: str, test: list[Example], *, split: str, kind: str, seed: int
+) -> dict | None:
+    """The follower's labels for `test` behind `instruction`, as a row; None when a call failed (not a result)."""
+    run = run_follower(follower, instruction, task.labels, test, desc=f"{task.id} {kind} seed {seed}")
+    if failed := [e for e in run.errors if e]:  # no row, so a rerun asks again
+        print(f"{task.id} {kind}: {len(failed)} follower calls failed (first: {failed[0]}); not stored")
+        return None
+    gold = [e.label for e in test]
+    return {"split": split, "task": task.id, "kind": kind, "seed": seed, "m": len(test),
+            "follower": follower.model_id, "instruction": instruction,
+            "macro_f1": run.scores.macro_f1, "accuracy": run.scores.accuracy, "invalid_rate": run.scores.invalid_rate,
+            "prompt_tokens_per_query": run.prompt_tokens_per_query,
+            "collapsed": label_collapsed(gold, run.predictions), "predictions": run.predictions}  # fmt: skip
+
+
+@cache
+def committed_records(path: Path) -> tuple[dict, ...]:
+    """A committed results.jsonl or samples.jsonl, read once: every task and seed looks rows up in the same files."""
+    return tuple(read_jsonl(path))
 
 
 def committed_row(
@@ -138,7 +153,7 @@ def committed_row(
     """
     results = [
         r
-        for r in read_jsonl(directory / "results.jsonl")
+        for r in committed_records(directory / "results.jsonl")
         if (r["task"], r["method"], r["seed"]) == (task_id, method, seed)
         and r["config"]["m"] == m  # the m asked for: a task with fewer test rows scored all of them (cb has 56)
         and (template is None or r["config"].get("template") == template)
@@ -150,7 +165,7 @@ def committed_row(
     fingerprint = results[-1]["fingerprint"]
     samples = {
         s["index"]: s
-        for s in read_jsonl(directory / "samples.jsonl")
+        for s in committed_records(directory / "samples.jsonl")
         if (s["task"], s["method"], s["fingerprint"]) == (task_id, method, fingerprint)
     }
     pairs = [(samples[i]["gold"], samples[i]["prediction"]) for i in sorted(samples)]
