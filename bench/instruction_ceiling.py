@@ -59,16 +59,6 @@ SPLITS = {
 }
 # the committed arms: method, template, generator; Zero = the bundled 1.5B generator with the default template
 COMMITTED = {"naive": ("naive", None, None), "zero": ("promptmii-zero", "terse", models.DEFAULT_MODEL)}
-# the test tasks where Naive gives one label to >= 90% of inputs at both seeds (bench/results/metaprompt_tuning_seeds.json)
-COLLAPSED_TEST_TASKS = (
-    "bbh_navigate",
-    "liar",
-    "medical_question_pairs",
-    "mrpc",
-    "politeness_stackexchange",
-    "sms_spam",
-    "subj",
-)
 Cell = tuple[str, str, int]  # split, task, seed
 
 
@@ -183,8 +173,8 @@ def summarize(found: list[dict], committed: dict[Cell, dict[str, dict]], seeds: 
     """Per split and instruction kind: Naive, Zero and the kind on the same tasks, each task's mean over the seeds.
 
     A task counts once every arm has every seed of that split. On test, `described` covers all 23 tasks and
-    `one_line` the 7 where Naive collapses; `described` is also given on those 7 (`described_on_collapsed`),
-    the subset where an instruction has the most to fix.
+    `one_line` the 7 where Naive collapses; `described` is also given on the tasks where the committed Naive
+    rows collapse at every seed (`described_on_collapsed`; the same 7), where an instruction has the most to fix.
     """
     summary: dict = {"benchmark": "instruction_ceiling", "follower": FOLLOWER, "n_shown": 20, "seeds": seeds}
     by_key = {(r["split"], r["task"], r["seed"], r["kind"]): r for r in found}
@@ -208,11 +198,14 @@ def summarize(found: list[dict], committed: dict[Cell, dict[str, dict]], seeds: 
             )
             for kind in KINDS
         }
-        if split == "test":
-            views["described_on_collapsed"] = (
-                "described",
-                [t for t in views["described"][1] if t in COLLAPSED_TEST_TASKS],
-            )
+        if split == "test":  # the tasks where Naive gives one label to >= 90% of inputs at every seed
+            seeds_described = kind_seeds["described"]
+            naive_collapsed = [
+                t
+                for t in views["described"][1]
+                if all(committed[split, t, s]["naive"]["collapsed"] for s in seeds_described)
+            ]
+            views["described_on_collapsed"] = ("described", naive_collapsed)
         for view, (kind, view_tasks) in views.items():
             if view_tasks:
                 view_seeds = kind_seeds[kind]
