@@ -14,6 +14,9 @@ registered by `promptmii tune` in $PROMPTMII_HOME/templates/), so tune first (do
     python bench/metaprompt_tuning.py --seeds 0,1 --out bench/results/metaprompt_tuning_seeds.json \
         --arms promptmii-zero/tuned/0.5b,naive,promptmii-zero/default/1.5b,promptmii-zero/default/0.5b
                                                          # a second shot-draw seed, for the arms named
+    python bench/metaprompt_tuning.py --generators 1.5b --candidates balanced --out bench/results/metaprompt_candidates.json \
+        --arms naive,promptmii-zero/default/1.5b,promptmii-zero/balanced/1.5b
+                                                         # a built-in template that validation rejected, on test
 
 Goal (1.5B generator): tuned >= naive + 0.02 and >= default + 0.03 mean macro-F1, at <= 300 prompt
 tokens/query. Rows go to bench/runs/metaprompt_tuning/ (resumable); the summary to
@@ -65,6 +68,9 @@ def main() -> None:
     parser.add_argument("--arms", default="", help="run and summarize only these arms, comma-separated [all]")
     parser.add_argument("--summarize-only", action="store_true")
     parser.add_argument("--no-reuse", action="store_true", help="run every arm here, none read from the spine run")
+    parser.add_argument(
+        "--candidates", default="", help="built-in templates scored as extra arms promptmii-zero/NAME/GEN [none]"
+    )
     args = parser.parse_args()
 
     tasks = load_tasks(args.corpus, split="test")[: args.tasks or None]
@@ -73,6 +79,9 @@ def main() -> None:
     out = ResultsDir(Path(args.runs))
     start = time.time()
     configs = {arm: replace(base, methods=(arm,)) for arm in SHARED_ARMS}
+    candidates = [c for c in args.candidates.split(",") if c]
+    if bad := [c for c in candidates if c not in prompts.template_names() or c in ("default", "tuned")]:
+        sys.exit(f"--candidates must name built-in templates other than 'default' and 'tuned' (got {bad})")
     generators = {}
     for short in args.generators.split(","):
         spec = GENERATORS[short]
@@ -91,7 +100,10 @@ def main() -> None:
             "default_template": {"name": default.template, "sha256": default_sha},
             "tuned_template": {"name": tuned.name, "sha256": tuned.sha256, "header": tuned.header},
             "tuned_is_default": tuned.sha256 == default_sha,
+            "candidate_templates": {name: metaprompts.builtin(name).sha256 for name in candidates},
         }
+        for name in candidates:
+            configs[f"promptmii-zero/{name}/{short}"] = replace(default, template=name)
     reused = [] if args.no_reuse else [r for r in rows(SPINE_ROWS) if arm_of(r, generators) in REUSABLE]
     seeds = [int(s) for s in args.seeds.split(",")]
     arms = args.arms.split(",") if args.arms else list(configs)  # run in the order given
@@ -129,6 +141,9 @@ def arm_of(row, generators: dict) -> str | None:
             for kind in ("default", "tuned"):
                 if row.template_sha256 == g[f"{kind}_template"]["sha256"]:
                     return f"promptmii-zero/{kind}/{short}"
+            for name, sha in g.get("candidate_templates", {}).items():
+                if row.template_sha256 == sha:
+                    return f"promptmii-zero/{name}/{short}"
             # rows from before schema 4 named their template but did not hash it; the default's text is
             # unchanged since then (git log src/promptmii/templates/terse.txt)
             if row.template_sha256 is None and row.config.get("template") == g["default_template"]["name"]:
@@ -160,6 +175,7 @@ def summarize(
         if g.get("tuned_is_default"):  # same text, same seed: the default arm's rows are the tuned arm's
             by_arm[f"promptmii-zero/tuned/{short}"] = by_arm.get(f"promptmii-zero/default/{short}", {})
     arms = [*SHARED_ARMS, *(f"promptmii-zero/{k}/{s}" for s in generators for k in ("default", "tuned"))]
+    arms += [f"promptmii-zero/{n}/{s}" for s, g in generators.items() for n in g.get("candidate_templates", {})]
     arms = [a for a in arms if only is None or a in only]
     complete = [t for t in task_ids if all((t, s) in by_arm.get(a, {}) for a in arms for s in seeds)]
 
@@ -187,6 +203,9 @@ def summarize(
             f"tuned-icl:20/{short}": (tuned, "icl:20"),
             f"default-naive/{short}": (default, "naive"),
         }
+        for name in generators[short].get("candidate_templates", {}):
+            candidate = f"promptmii-zero/{name}/{short}"
+            pairs |= {f"{name}-naive/{short}": (candidate, "naive"), f"{name}-default/{short}": (candidate, default)}
         # a tuned generator against another one's default: which generator should users run?
         pairs |= {
             f"tuned/{short}-default/{o}": (tuned, f"promptmii-zero/default/{o}") for o in generators if o != short

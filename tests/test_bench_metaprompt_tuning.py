@@ -126,3 +126,19 @@ def test_label_collapse_counts_each_arms_cells_and_names_their_tasks() -> None:
         "promptmii-zero/tuned/1.5b": {"collapsed_cells": 0, "cells": 2, "cells_without_samples": 1, "tasks": []},
     }
     assert bench.summarize(["a", "b"], rows, GENERATORS, args)["label_collapse"] == {}  # no samples read
+
+
+def test_a_candidate_template_is_its_own_arm_paired_with_naive_and_the_default() -> None:
+    bench = load_script("bench/metaprompt_tuning.py")
+    generators = {"1.5b": GENERATORS["1.5b"] | {"candidate_templates": {"balanced": "b" * 64}}}
+    rows = [row(t, arm, 0.50, m=100, config={"m": 100}) for t in ("a", "b") for arm in bench.SHARED_ARMS]
+    rows += [zero_row(t, 0.40, template="terse", sha="d" * 64) for t in ("a", "b")]
+    rows += [zero_row(t, 0.41, template="tuned/gen15", sha="t" * 64) for t in ("a", "b")]
+    rows += [zero_row(t, 0.60, template="balanced", sha="b" * 64) for t in ("a", "b")]
+    assert bench.arm_of(rows[-1], generators) == "promptmii-zero/balanced/1.5b"
+    args = argparse.Namespace(m=100, follower="llamacpp:qwen2.5-coder-1.5b-instruct")
+    summary = bench.summarize(["a", "b"], rows, generators, args)
+    assert summary["mean"]["promptmii-zero/balanced/1.5b"]["macro_f1"] == 0.60
+    assert summary["paired"]["balanced-naive/1.5b"]["mean"] == 0.10
+    assert summary["paired"]["balanced-default/1.5b"]["mean"] == 0.20
+    assert summary["goal"]["met_over_default"] is False  # the goal judges the tuned arm, never a candidate
