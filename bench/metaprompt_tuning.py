@@ -80,8 +80,11 @@ def main() -> None:
     start = time.time()
     configs = {arm: replace(base, methods=(arm,)) for arm in SHARED_ARMS}
     candidates = [c for c in args.candidates.split(",") if c]
-    if bad := [c for c in candidates if c not in prompts.template_names() or c in ("default", "tuned")]:
-        sys.exit(f"--candidates must name built-in templates other than 'default' and 'tuned' (got {bad})")
+    # the default's rows are the default arm's (arm_of matches the default's sha256 first)
+    if bad := [c for c in candidates if c not in prompts.template_names() or c == prompts.DEFAULT_TEMPLATE]:
+        sys.exit(
+            f"--candidates must name built-in templates other than the default {prompts.DEFAULT_TEMPLATE} (got {bad})"
+        )
     generators = {}
     for short in args.generators.split(","):
         spec = GENERATORS[short]
