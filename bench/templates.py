@@ -51,12 +51,10 @@ def main() -> None:
     for arm in ("naive", *templates):
         config = base if arm == "naive" else replace(base, methods=("promptmii-zero",), template=arm)
         out = ResultsDir(Path(args.runs) / arm)
-        per_seed = {}
         for seed in seeds:
             run_eval(tasks, replace(config, seed=seed), out)
-            per_seed[seed] = {
-                r.task: r for r in rows(out.results_path) if (r.seed, r.m) == (seed, args.m) and r.task in task_ids
-            }
+        done = [r for r in rows(out.results_path) if r.m == args.m and r.task in task_ids]
+        per_seed = {seed: {r.task: r for r in done if r.seed == seed} for seed in seeds}  # a rerun's row wins
         summary[arm] = summarize(per_seed, task_ids)
     summary["chosen"] = max(templates, key=lambda t: summary[t]["mean_macro_f1"])
     summary["paired_vs_naive"] = {t: paired(summary[t], summary["naive"], task_ids) for t in templates}
