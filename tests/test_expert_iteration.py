@@ -117,6 +117,55 @@ def test_the_candidate_plan_follows_the_adapters_template_without_repeats():
     assert len(set(terse)) == len(terse) == 5
 
 
+def test_a_later_round_samples_its_own_plan(tmp_path: Path):
+    later = ei.candidate_plan("criteria", later_round=True)
+    assert later == (("criteria", 0, 0.0), ("criteria", 1, 0.7), ("criteria", 2, 0.7), ("terse", 0, 0.0))
+    assert ei.candidate_plan("terse", later_round=True) == (("terse", 0, 0.0), ("terse", 1, 0.7), ("terse", 2, 0.7))
+
+
+def previous_run(tmp_path: Path, records: list[dict], **kw) -> Path:
+    """A finished round-1 run directory: its config, collect.jsonl and an (empty) exported adapter."""
+    run = tmp_path / "round1"
+    run.mkdir()
+    ei._write_config(run, config(tmp_path, output=str(run), **kw))
+    (run / ei.COLLECT_LOG).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    (run / models.EXPORTED_ADAPTER).write_bytes(b"")
+    return run
+
+
+def test_a_later_round_carries_naive_and_the_earlier_candidates_and_picks_across_rounds(tmp_path: Path):
+    follower = FakeBackend(
+        "follower", rule=keyword_rule({"great": "positive", "awful": "negative"}, "negative", needs="sentiment words")
+    )
+    earlier = {"template": "criteria", "sample": 0, "usable": True, "instruction": "Old.", "f1_a": 0.6, "f1_b": 0.7}
+    previous = {"task": "sent", "n_shown": 2, "naive": {"f1_a": 0.3, "invalid_a": 0.0, "f1_b": 0.3}}
+    previous["candidates"] = [earlier]
+    run = previous_run(tmp_path, [previous])
+    cfg = config(tmp_path, previous=str(run))
+    assert ei.run_round(cfg) == 2
+    generator = FakeBackend("generator")
+    generator.enqueue("Label by the sentiment words.", "Vague.", "Vague too.", "Also vague.")
+    rec = ei.collect_task(small_task(), cfg, generator, follower, previous=ei.previous_records(cfg)["sent"])
+    assert rec is not None
+    assert rec["naive"] == previous["naive"] and rec["n_shown"] == 2  # carried, not scored again
+    # 4 new candidates on pool A (6 examples each) and the best 2 on pool B; Naive is not rerun
+    assert len(follower.calls) == 4 * 6 + 2 * 6
+    assert [c.get("round") for c in rec["candidates"]] == [1, 2, 2, 2, 2]
+    assert rec["winner"] == 1 and rec["candidates"][1]["f1_b"] == 1.0  # the new one beats the carried 0.7
+    assert all(user_text(chat).count("Input: text") == 2 for chat, _ in generator.calls)  # the earlier shots
+
+
+def test_a_later_round_refuses_a_previous_run_that_scored_other_pools(tmp_path: Path):
+    run = previous_run(tmp_path, [], m_select=5)
+    with pytest.raises(PromptMIIError, match="m_select 5 there, 6 here"):
+        ei.previous_records(config(tmp_path, previous=str(run)))
+    (run / models.EXPORTED_ADAPTER).unlink()
+    with pytest.raises(PromptMIIError, match="no adapter.gguf"):
+        ei.previous_records(config(tmp_path, previous=str(run), m_select=5))
+    with pytest.raises(PromptMIIError, match="not an expert-iteration run"):
+        ei.previous_records(config(tmp_path, previous=str(tmp_path / "nowhere")))
+
+
 def test_collect_task_returns_none_when_a_call_fails(tmp_path: Path):
     follower = FakeBackend("follower", rule=lambda chat: "positive")
     generator = FakeBackend("generator", fail_when=lambda chat: True)

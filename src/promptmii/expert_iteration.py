@@ -18,6 +18,9 @@ the same follower budget on fewer, better-measured decisions:
 4. **Validate** (`validate`): export the adapter and compare it with Naive and Zero (same base and template)
    on the validation split; `selection.json` promotes it only if it beats both.
 5. **Ship** (`ship`): copy a promoted adapter into the package with its sha256 in a manifest.
+6. **Repeat** (`--previous RUN`): a later round samples with the previous round's adapter on the same
+   pools, carries that round's Naive scores and scored candidates into each task's record, and so
+   fine-tunes the base on the best confirmed instruction of all rounds.
 
 Task hygiene is counted, never silent: a task whose labels the follower cannot emit, or where every
 instruction scores the same, or where nothing beats Naive, gives no training row and its reason goes
@@ -61,15 +64,26 @@ log = logging.getLogger(__name__)
 OTHER_CANDIDATES = (("terse", 0, 0.0), ("forward", 1, 0.7), ("forward", 2, 0.7))
 
 
-def candidate_plan(template: str) -> tuple[tuple[str, int, float], ...]:
-    """The adapter's own template greedy and twice at T=0.5, then the other candidates (without a repeat)."""
+def candidate_plan(template: str, *, later_round: bool = False) -> tuple[tuple[str, int, float], ...]:
+    """The adapter's own template greedy and twice at T=0.5, then the other candidates (without a repeat).
+
+    A later round samples with the previous round's adapter, whose answers vary less than the base's:
+    its template greedy and twice at T=0.7, and its answer to `terse` (it never saw that meta-prompt).
+    """
+    if later_round:
+        return ((template, 0, 0.0), (template, 1, 0.7), (template, 2, 0.7)) + (
+            (("terse", 0, 0.0),) if template != "terse" else ()
+        )
     own = ((template, 0, 0.0), (template, 1, 0.5), (template, 2, 0.5))
     return own + tuple(c for c in OTHER_CANDIDATES if c[0] != template)
 
 
 CONFIRMED = 2  # candidates (best on pool A) scored again on pool B
 COLLECT_LOG = "collect.jsonl"
-MOVABLE = ("corpus", "output")  # paths that may differ between machines without changing the run
+MOVABLE = ("corpus", "output", "previous")  # paths that may differ between machines without changing the run
+# what a later round must share with the round it continues: the same pools, shots and follower, so
+# the Naive scores and the earlier candidates' scores carried over compare with the new ones
+SHARED_WITH_PREVIOUS = ("policy", "follower", "template", "n", "m_select", "m_confirm", "max_prompt_tokens", "seed")
 
 
 @dataclass(frozen=True)
@@ -94,6 +108,13 @@ class ExpertIterationConfig:
     epochs: int = field(default=2, metadata={"help": "passes over the winners"})
     batch_size: int = field(default=2, metadata={"help": "winners per update (gradient accumulation of single rows)"})
     seed: int = field(default=0, metadata={"help": "shots, pools, sampling and data order"})
+    previous: str = field(
+        default="",
+        metadata={
+            "help": "run directory of the previous round: its adapter writes this round's candidates, and its "
+            "scored candidates join this round's (expert iteration's repeat)"
+        },
+    )
 
     def __post_init__(self) -> None:
         metaprompts.named(self.template)  # raises with "did you mean"
@@ -138,6 +159,12 @@ def pick_winner(record: dict[str, Any]) -> tuple[int | None, str]:
     return best, "won"
 
 
+def candidate_kind(candidate: dict[str, Any]) -> str:
+    """'criteria:greedy', 'forward:sampled', ...; a later round's candidate adds ':round2' and so on."""
+    kind = f"{candidate['template']}:{'greedy' if candidate['sample'] == 0 else 'sampled'}"
+    return kind if candidate.get("round", 1) == 1 else f"{kind}:round{candidate['round']}"
+
+
 def template_means(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     """Mean pool-A macro-F1 and length per (template, greedy|sampled), over the tasks collected: which writes best."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -145,7 +172,7 @@ def template_means(records: list[dict[str, Any]]) -> dict[str, dict[str, float]]
         groups.setdefault("naive", []).append(record["naive"])
         for c in record["candidates"]:
             if c["usable"]:
-                groups.setdefault(f"{c['template']}:{'greedy' if c['sample'] == 0 else 'sampled'}", []).append(c)
+                groups.setdefault(candidate_kind(c), []).append(c)
     return {
         name: {
             "f1_a": round(statistics.fmean(r["f1_a"] for r in rows), 4),
@@ -163,8 +190,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     for record in records:
         reasons[record["reason"]] = reasons.get(record["reason"], 0) + 1
         if record["winner"] is not None:
-            winner = record["candidates"][record["winner"]]
-            key = f"{winner['template']}:{'greedy' if winner['sample'] == 0 else 'sampled'}"
+            key = candidate_kind(record["candidates"][record["winner"]])
             winners[key] = winners.get(key, 0) + 1
     return {
         "tasks": len(records),
@@ -183,6 +209,7 @@ def collect(config: ExpertIterationConfig, *, task_ids: list[str] | None = None,
     out = Path(config.output)
     out.mkdir(parents=True, exist_ok=True)
     _write_config(out, config)
+    earlier = previous_records(config)
     tasks = load_tasks(config.corpus, split="train")
     if task_ids:
         tasks = [t for t in tasks if t.id in set(task_ids)]
@@ -194,10 +221,11 @@ def collect(config: ExpertIterationConfig, *, task_ids: list[str] | None = None,
     todo = [t for t in tasks if t.id not in done]
     if todo:
         cache = models.promptmii_home() / "cache.sqlite"
-        generator = CachedBackend(get_backend(f"llamacpp:{config.policy}"), cache)
+        sampler = f"llamacpp:{Path(config.previous).resolve()}" if config.previous else f"llamacpp:{config.policy}"
+        generator = CachedBackend(get_backend(sampler), cache)
         follower = CachedBackend(get_backend(config.follower), cache)
         for task in tqdm(todo, desc="collect", unit="task", disable=quiet):
-            record = collect_task(task, config, generator, follower)
+            record = collect_task(task, config, generator, follower, previous=earlier.get(task.id))
             if record is None:
                 continue  # a failed call: nothing written, so the next run retries this task
             append_lines(path, [record])
@@ -206,18 +234,35 @@ def collect(config: ExpertIterationConfig, *, task_ids: list[str] | None = None,
 
 
 def collect_task(
-    task: Task, config: ExpertIterationConfig, generator: Backend, follower: Backend
+    task: Task,
+    config: ExpertIterationConfig,
+    generator: Backend,
+    follower: Backend,
+    *,
+    previous: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
-    """Candidates for one task, scored on pool A, the best confirmed on pool B; None if a call failed."""
+    """Candidates for one task, scored on pool A, the best confirmed on pool B; None if a call failed.
+
+    With the previous round's record of the task, its Naive scores and its candidates are carried over
+    (same pools, see SHARED_WITH_PREVIOUS) and the winner is the best confirmed candidate of all rounds.
+    """
     started = time.time()
     shots, pool_a, pool_b = pools(task, config.n, config.m_select, config.m_confirm, config.seed)
-    shots = fit_shots(shots, task.labels, generator, config)
-    naive_a = run_follower(follower, prompts.NAIVE_INSTRUCTION, task.labels, pool_a)
-    if any(naive_a.errors):
-        log.warning("%s: follower failed on the Naive prefix (%s); retried next run", task.id, _first(naive_a.errors))
-        return None
+    if previous is not None:  # the shots the earlier candidates were written from, so every row has one prompt
+        shots = shots[: previous["n_shown"]]
+        naive = previous["naive"]
+    else:
+        shots = fit_shots(shots, task.labels, generator, config)
+        naive_a = run_follower(follower, prompts.NAIVE_INSTRUCTION, task.labels, pool_a)
+        if any(naive_a.errors):
+            log.warning(
+                "%s: follower failed on the Naive prefix (%s); retried next run", task.id, _first(naive_a.errors)
+            )
+            return None
+        naive = {"f1_a": round(naive_a.scores.macro_f1, 4), "invalid_a": round(naive_a.scores.invalid_rate, 4)}
+    this_round = run_round(config)
     candidates = []
-    for template, sample, temperature in candidate_plan(config.template):
+    for template, sample, temperature in candidate_plan(config.template, later_round=this_round > 1):
         induce_config = InduceConfig(
             template=template,
             max_tokens=config.max_instruction_tokens,
@@ -238,6 +283,8 @@ def collect_task(
             "truncated": truncated,
             "usable": bool(instruction.text.strip()) and not truncated,
         }
+        if this_round > 1:
+            candidate["round"] = this_round
         if candidate["usable"]:
             run = run_follower(follower, instruction.text, task.labels, pool_a)
             if any(run.errors):
@@ -246,24 +293,23 @@ def collect_task(
             candidate |= {"f1_a": round(run.scores.macro_f1, 4), "invalid_a": round(run.scores.invalid_rate, 4)}
         candidates.append(candidate)
     usable = [i for i, c in enumerate(candidates) if c["usable"]]
-    naive_b = run_follower(follower, prompts.NAIVE_INSTRUCTION, task.labels, pool_b)
-    if any(naive_b.errors):
-        return None
+    if "f1_b" not in naive:
+        naive_b = run_follower(follower, prompts.NAIVE_INSTRUCTION, task.labels, pool_b)
+        if any(naive_b.errors):
+            return None
+        naive = naive | {"f1_b": round(naive_b.scores.macro_f1, 4)}
     for i in sorted(usable, key=lambda i: (-candidates[i]["f1_a"], i))[:CONFIRMED]:
         run = run_follower(follower, candidates[i]["instruction"], task.labels, pool_b)
         if any(run.errors):
             return None
         candidates[i] |= {"f1_b": round(run.scores.macro_f1, 4), "invalid_b": round(run.scores.invalid_rate, 4)}
+    carried = [{"round": 1} | c for c in previous["candidates"]] if previous is not None else []
     record = {
         "task": task.id,
         "labels": list(task.labels),
         "n_shown": len(shots),
-        "naive": {
-            "f1_a": round(naive_a.scores.macro_f1, 4),
-            "invalid_a": round(naive_a.scores.invalid_rate, 4),
-            "f1_b": round(naive_b.scores.macro_f1, 4),
-        },
-        "candidates": candidates,
+        "naive": naive,
+        "candidates": carried + candidates,
         "seconds": round(time.time() - started, 1),
     }
     winner, reason = pick_winner(record)
@@ -278,7 +324,7 @@ def fit_shots(
     Halving keeps a prefix of the seeded shots, so `sft_rows` rebuilds them from `n_shown` alone; the
     limit is a fine-tuning cost, not the generator's context, which induce fits on its own.
     """
-    templates = {t for t, _, _ in candidate_plan(config.template)}
+    templates = {t for t, _, _ in candidate_plan(config.template, later_round=run_round(config) > 1)}
     while True:
         longest = max(
             generator.count_tokens(prompts.meta_prompt(metaprompts.named(t).text, shots, labels)) for t in templates
@@ -296,17 +342,57 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return read_jsonl(path) if path.is_file() else []
 
 
+def previous_records(config: ExpertIterationConfig) -> dict[str, dict[str, Any]]:
+    """Task -> the previous round's record, after checking that round scored on the same pools; {} in round 1."""
+    if not config.previous:
+        return {}
+    run = Path(config.previous)
+    stored = _stored_config(run)
+    differ = [
+        f"{k} {stored.get(k)!r} there, {getattr(config, k)!r} here"
+        for k in SHARED_WITH_PREVIOUS
+        if stored.get(k) != getattr(config, k)
+    ]
+    if differ:
+        raise PromptMIIError(f"{run}: the previous round differs ({'; '.join(differ)}); its scores would not compare")
+    if not (run / models.EXPORTED_ADAPTER).is_file():
+        raise PromptMIIError(f"{run}: no {models.EXPORTED_ADAPTER} to sample with; run its validate stage first")
+    return {r["task"]: r for r in read_records(run / COLLECT_LOG)}
+
+
+def run_round(config: ExpertIterationConfig) -> int:
+    """1 for a run that samples with the base model, else one more than the round it continues."""
+    rounds, previous = 1, config.previous
+    while previous and rounds < 100:  # the cap only guards against a cycle of run directories
+        rounds += 1
+        previous = _stored_config(Path(previous)).get("previous", "")
+    return rounds
+
+
+def _stored_config(run: Path) -> dict[str, Any]:
+    path = run / models.RUN_CONFIG
+    if not path.is_file():
+        raise PromptMIIError(f"{run}: not an expert-iteration run directory (no {models.RUN_CONFIG})")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
 def _write_config(out: Path, config: ExpertIterationConfig) -> None:
     """The run's config; a different stored config means a different run (change --output)."""
     path = out / models.RUN_CONFIG
     # as JSON reads it back (tuples become lists), so a stored config compares equal to the same config
     current = json.loads(
-        json.dumps(asdict(config) | {"recipe": "expert-iteration", "candidate_plan": candidate_plan(config.template)})
+        json.dumps(
+            asdict(config)
+            | {
+                "recipe": "expert-iteration",
+                "candidate_plan": candidate_plan(config.template, later_round=run_round(config) > 1),
+            }
+        )
     )
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
         changed = [
-            f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in current.items() if k != "output" and stored.get(k) != v
+            f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in current.items() if k not in MOVABLE and stored.get(k) != v
         ]
         if changed:
             raise PromptMIIError(f"{out} holds a run with another config ({'; '.join(changed)}); use a new --output")
