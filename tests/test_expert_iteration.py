@@ -160,10 +160,31 @@ def test_a_later_round_refuses_a_previous_run_that_scored_other_pools(tmp_path: 
     with pytest.raises(PromptMIIError, match="m_select 5 there, 6 here"):
         ei.previous_records(config(tmp_path, previous=str(run)))
     (run / models.EXPORTED_ADAPTER).unlink()
-    with pytest.raises(PromptMIIError, match="no adapter.gguf"):
+    with pytest.raises(PromptMIIError, match=r"no adapter\.gguf"):
         ei.previous_records(config(tmp_path, previous=str(run), m_select=5))
     with pytest.raises(PromptMIIError, match="not an expert-iteration run"):
         ei.previous_records(config(tmp_path, previous=str(tmp_path / "nowhere")))
+
+
+def test_a_later_gate_carries_the_naive_and_zero_rows_of_the_same_m_and_seed(tmp_path: Path):
+    previous, target = tmp_path / "r1" / "validation", tmp_path / "r2" / "validation"
+    previous.mkdir(parents=True)
+    target.mkdir(parents=True)
+    rows = [
+        {"task": "t", "method": method, "fingerprint": f"{method}{m}", "m": m, "seed": 0}
+        for method, m in (("naive", 100), ("promptmii-zero", 100), ("promptmii", 100), ("naive", 50))
+    ]
+    samples = [{"task": "t", "method": r["method"], "fingerprint": r["fingerprint"], "index": 0} for r in rows]
+    for name, lines in (("results.jsonl", rows), ("samples.jsonl", samples)):
+        (previous / name).write_text("".join(json.dumps(x) + "\n" for x in lines), encoding="utf-8")
+    assert ei.carry_gate_rows(previous, target, m=100, seed=0) == 2
+    carried = [json.loads(line) for line in (target / "results.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [r["fingerprint"] for r in carried] == ["naive100", "promptmii-zero100"]  # not the adapter's, not m=50
+    kept = [
+        json.loads(line)["fingerprint"] for line in (target / "samples.jsonl").read_text(encoding="utf-8").splitlines()
+    ]
+    assert kept == ["naive100", "promptmii-zero100"]
+    assert ei.carry_gate_rows(tmp_path / "nowhere", target, m=100, seed=0) == 0
 
 
 def test_collect_task_returns_none_when_a_call_fails(tmp_path: Path):
