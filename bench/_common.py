@@ -18,7 +18,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from promptmii.metrics import bootstrap_ci, label_collapsed
+from promptmii.metrics import bootstrap_ci, label_collapsed, wilcoxon_p
 from promptmii.results import Result, atomic_write, git_sha, read_done, read_jsonl
 
 ROOT = Path(__file__).resolve().parent  # bench/
@@ -95,6 +95,16 @@ def paired_ci(a: list[float], b: list[float], *, level: float = 0.95, seed: int 
         "mean_difference": round(sum(differences) / len(differences), 4),
         "low": round(low, 4),
         "high": round(high, 4),
+    }
+
+
+def paired_test(differences: list[float]) -> dict[str, Any]:
+    """Per-task differences of two arms: their mean, 95% bootstrap CI over tasks and Wilcoxon signed-rank p."""
+    low, high = bootstrap_ci(differences)
+    return {
+        "mean": round(sum(differences) / len(differences), 4),
+        "ci95": [round(low, 4), round(high, 4)],
+        "wilcoxon_p": round(wilcoxon_p(differences), 4),
     }
 
 

@@ -33,13 +33,13 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from _common import CORPUS, ROOT, machine, write_json
+from _common import CORPUS, ROOT, machine, paired_test, write_json
 from promptmii import models
 from promptmii.backends import Backend
 from promptmii.classify import load_follower
 from promptmii.data import Example, Task, draw, load_tasks
 from promptmii.evaluate import run_follower
-from promptmii.metrics import bootstrap_ci, label_collapsed, mean, score, wilcoxon_p
+from promptmii.metrics import label_collapsed, mean, score
 from promptmii.results import read_jsonl
 
 FOLLOWER = f"llamacpp:{models.DEFAULT_MODEL}"
@@ -238,13 +238,7 @@ def compare(cells: dict[str, dict[str, list[dict]]], pairs: list[tuple[str, str]
             "collapsed_tasks": sorted(t for t, rs in per_task.items() if any(r["collapsed"] for r in rs)),
         }
     for a, b in pairs:
-        diffs = [f1(a, t) - f1(b, t) for t in tasks]
-        low, high = bootstrap_ci(diffs)
-        out["paired"][f"{a}-{b}"] = {
-            "mean": round(mean(diffs), 4),
-            "ci95": [round(low, 4), round(high, 4)],
-            "wilcoxon_p": round(wilcoxon_p(diffs), 4),
-        }
+        out["paired"][f"{a}-{b}"] = paired_test([f1(a, t) - f1(b, t) for t in tasks])
     out["per_task"] = {arm: {t: round(f1(arm, t), 4) for t in tasks} for arm in cells}
     return out
 

@@ -38,11 +38,11 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from _common import CORPUS, ROOT, collapsed_rows, machine, rows, write_json
+from _common import CORPUS, ROOT, collapsed_rows, machine, paired_test, rows, write_json
 from promptmii import metaprompts, models, prompts
 from promptmii.data import load_tasks
 from promptmii.experiment import Backends, EvalConfig, run_eval
-from promptmii.metrics import bootstrap_ci, mean, wilcoxon_p
+from promptmii.metrics import mean
 from promptmii.results import Result, ResultsDir
 
 FOLLOWER = f"llamacpp:{models.DEFAULT_MODEL}"
@@ -217,9 +217,7 @@ def summarize(
     for name, (a, b) in pairs.items():
         if a in arms and b in arms and complete:
             diffs = [score(a, t) - score(b, t) for t in complete]
-            low, high = bootstrap_ci(diffs)
-            paired[name] = {"mean": round(mean(diffs), 4), "ci95": [round(low, 4), round(high, 4)],
-                            "wilcoxon_p": round(wilcoxon_p(diffs), 4), "tasks": len(diffs)}  # fmt: skip
+            paired[name] = paired_test(diffs) | {"tasks": len(diffs)}
 
     def collapse_count(arm: str) -> dict:
         cells = {(t, s): collapse.get(by_arm[arm][t, s].key) for t in complete for s in seeds}
