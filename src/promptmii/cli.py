@@ -386,11 +386,15 @@ def train_ei_cmd(stage: str, quiet: bool, **fields: Any) -> None:
     collect: per train task, the generator writes several instructions; the follower ranks them on one
     pool of examples and confirms the best against Naive on a second. fine-tune: LoRA SFT (TRL) on the
     confirmed winners. validate: export the adapter and compare it with Naive and the untrained generator
-    on the validation split (selection.json; promoted only if it beats both). docs/training.md has the costs.
+    on the validation split (selection.json; promoted only if it beats both). A later round, --previous RUN,
+    samples with RUN's adapter and carries RUN's scored candidates over. docs/training.md has the costs.
 
-    Example:
+    Examples (the second is a later round):
 
+    \b
         promptmii train-ei --corpus ../shared/corpus --output bench/runs/expert_iteration
+        promptmii train-ei --corpus ../shared/corpus --output bench/runs/expert_iteration_r2 \\
+            --previous bench/runs/expert_iteration
     """
     from promptmii import expert_iteration as ei
 
