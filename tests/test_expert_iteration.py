@@ -13,15 +13,24 @@ from promptmii import expert_iteration as ei
 from promptmii import models, prompts
 from promptmii.data import Example, Task
 from promptmii.errors import DataError, ModelFileError, PromptMIIError
+from promptmii.results import read_jsonl
 
 
 def record(naive: tuple[float, float, float], candidates: list[dict]) -> dict:
     f1_a, invalid_a, f1_b = naive
-    return {"naive": {"f1_a": f1_a, "invalid_a": invalid_a, "f1_b": f1_b}, "candidates": candidates}
+    naive_scores = {"f1_a": f1_a, "invalid_a": invalid_a, "f1_b": f1_b}
+    return {"labels": ["negative", "positive"], "naive": naive_scores, "candidates": candidates}
 
 
-def cand(f1_a: float, f1_b: float | None = None, *, invalid_a: float = 0.0, usable: bool = True) -> dict:
-    c = {"template": "criteria", "sample": 1, "usable": usable, "completion_tokens": 10}
+def cand(
+    f1_a: float,
+    f1_b: float | None = None,
+    *,
+    invalid_a: float = 0.0,
+    usable: bool = True,
+    instruction: str = "Answer positive when the text praises.",
+) -> dict:
+    c = {"template": "criteria", "sample": 1, "usable": usable, "completion_tokens": 10, "instruction": instruction}
     if usable:
         c |= {"f1_a": f1_a, "invalid_a": invalid_a}
     if f1_b is not None:
@@ -47,12 +56,44 @@ def test_winner_ties_go_to_the_earlier_candidate():
         (record((0.1, 0.9, 0.1), [cand(0.2, 0.3, invalid_a=0.8)]), "cannot emit the labels"),
         (record((0.3, 0.0, 0.3), [cand(0.3, 0.3), cand(0.3, 0.3)]), "every instruction scores the same"),
         (record((0.3, 0.0, 0.6), [cand(0.5, 0.6), cand(0.4, 0.2)]), "no confirmed instruction beats Naive"),
+        (
+            record((0.3, 0.0, 0.4), [cand(0.5, 0.6, instruction="Certainly! Please provide the text.")]),
+            "names no label",
+        ),
     ],
 )
 def test_tasks_without_a_winner_say_why(r: dict, reason: str):
     winner, why = ei.pick_winner(r)
     assert winner is None
     assert reason in why
+
+
+def test_a_winner_must_name_a_label_and_the_next_confirmed_one_can_win():
+    vacuous = cand(0.70, 0.80, instruction="Certainly! Please provide the text you would like me to label.")
+    r = record((0.40, 0.0, 0.50), [vacuous, cand(0.60, 0.65)])
+    assert ei.pick_winner(r) == (1, "won")
+
+
+@pytest.mark.parametrize(
+    ("instruction", "names"),
+    [
+        ("Answer POSITIVE for praise.", True),
+        ('Choose "non irony" otherwise.', True),
+        ("Sort texts into categories.", False),
+        ("Texts are nonpositive or negatively worded.", False),  # inside other words does not count
+    ],
+)
+def test_names_a_label_matches_whole_words_in_any_case(instruction: str, names: bool):
+    assert ei.names_a_label(instruction, ["positive", "negative", "non irony"]) is names
+
+
+def test_read_records_picks_the_winner_again_with_todays_rule(tmp_path: Path):
+    stale = record((0.40, 0.0, 0.50), [cand(0.70, 0.80, instruction="Repeat your friend's instruction.")])
+    path = tmp_path / "collect.jsonl"
+    path.write_text(json.dumps(stale | {"task": "a", "winner": 0, "reason": "won"}) + "\n", encoding="utf-8")
+    (read,) = ei.read_records(path)
+    assert read["winner"] is None
+    assert "names no label" in read["reason"]
 
 
 def test_template_means_average_usable_candidates_per_template_and_mode():
@@ -94,7 +135,10 @@ def test_collect_task_keeps_the_instruction_the_follower_follows(tmp_path: Path)
     )
     generator = FakeBackend("generator")
     plan_size = len(ei.candidate_plan("criteria"))
-    replies = ["Label by the sentiment words." if i == 2 else f"Vague instruction {i}." for i in range(plan_size)]
+    replies = [
+        "Label positive or negative by the sentiment words." if i == 2 else f"Vague instruction {i}."
+        for i in range(plan_size)
+    ]
     generator.enqueue(*replies)
     rec = ei.collect_task(small_task(), config(tmp_path), generator, follower)
     assert rec is not None
@@ -137,14 +181,26 @@ def test_a_later_round_carries_naive_and_the_earlier_candidates_and_picks_across
     follower = FakeBackend(
         "follower", rule=keyword_rule({"great": "positive", "awful": "negative"}, "negative", needs="sentiment words")
     )
-    earlier = {"template": "criteria", "sample": 0, "usable": True, "instruction": "Old.", "f1_a": 0.6, "f1_b": 0.7}
-    previous = {"task": "sent", "n_shown": 2, "naive": {"f1_a": 0.3, "invalid_a": 0.0, "f1_b": 0.3}}
+    earlier = {
+        "template": "criteria",
+        "sample": 0,
+        "usable": True,
+        "instruction": "Old: positive.",
+        "f1_a": 0.6,
+        "f1_b": 0.7,
+    }
+    previous = {
+        "task": "sent",
+        "labels": ["negative", "positive"],
+        "n_shown": 2,
+        "naive": {"f1_a": 0.3, "invalid_a": 0.0, "f1_b": 0.3},
+    }
     previous["candidates"] = [earlier]
     run = previous_run(tmp_path, [previous])
     cfg = config(tmp_path, previous=str(run))
     assert ei.run_round(cfg) == 2
     generator = FakeBackend("generator")
-    generator.enqueue("Label by the sentiment words.", "Vague.", "Vague too.", "Also vague.")
+    generator.enqueue("Label positive or negative by the sentiment words.", "Vague.", "Vague too.", "Also vague.")
     rec = ei.collect_task(small_task(), cfg, generator, follower, previous=ei.previous_records(cfg)["sent"])
     assert rec is not None
     assert rec["naive"] == previous["naive"] and rec["n_shown"] == 2  # carried, not scored again
@@ -220,7 +276,8 @@ def test_shots_are_halved_until_the_meta_prompt_fits(tmp_path: Path):
 
 def test_read_records_drops_a_half_written_last_line(tmp_path: Path):
     path = tmp_path / "collect.jsonl"
-    path.write_text(json.dumps({"task": "a"}) + "\n" + '{"task": "b", "cand', encoding="utf-8")
+    whole = record((0.4, 0.0, 0.5), [cand(0.6, 0.7)]) | {"task": "a"}
+    path.write_text(json.dumps(whole) + "\n" + '{"task": "b", "cand', encoding="utf-8")
     assert [r["task"] for r in ei.read_records(path)] == ["a"]
 
 
@@ -350,7 +407,7 @@ def test_fine_tune_trains_the_lora_on_the_winners_and_saves_it(tmp_path: Path, t
     tensors = load_file(str(adapter / "adapter_model.safetensors"))
     lora_b = [v for k, v in tensors.items() if "lora_B" in k]
     assert lora_b and any(abs(v).max() > 0 for v in lora_b)  # LoRA B starts at zero: non-zero means it trained
-    log = ei.read_records(Path(cfg.output) / "fine_tune_log.jsonl")
+    log = read_jsonl(Path(cfg.output) / "fine_tune_log.jsonl")
     assert log and all("loss" in row for row in log)
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -136,11 +137,20 @@ def pools(
     return shots, test[:m_select], test[m_select:]
 
 
+def names_a_label(instruction: str, labels: list[str] | tuple[str, ...]) -> bool:
+    """Whether the instruction spells at least one label as a whole word (any case)."""
+    text = instruction.lower()
+    return any(re.search(rf"(?<!\w){re.escape(label.lower())}(?!\w)", text) for label in labels)
+
+
 def pick_winner(record: dict[str, Any]) -> tuple[int | None, str]:
     """The candidate to train on, or None with the reason (task hygiene), from one task's collect record.
 
-    A winner is valid (no error, not cut at the length limit), was confirmed on pool B, and beats Naive
-    there; among those, the best mean of pools A and B wins.
+    A winner is valid (no error, not cut at the length limit), names at least one label, was confirmed on
+    pool B, and beats Naive there; among those, the best mean of pools A and B wins. A reply that names no
+    label ("Certainly! Please provide the text you would like me to label.") tells the follower nothing
+    that Naive's label list does not, so it beats Naive on pool B by noise alone; 8 such replies won in round
+    2 before this rule, and the adapter fine-tuned on them wrote nothing else on the validation tasks.
     """
     candidates = record["candidates"]
     valid = [i for i, c in enumerate(candidates) if c["usable"]]
@@ -155,6 +165,9 @@ def pick_winner(record: dict[str, Any]) -> tuple[int | None, str]:
     beating = [i for i in valid if candidates[i].get("f1_b") is not None and candidates[i]["f1_b"] > naive["f1_b"]]
     if not beating:
         return None, "no confirmed instruction beats Naive on pool B"
+    beating = [i for i in beating if names_a_label(candidates[i]["instruction"], record["labels"])]
+    if not beating:
+        return None, "every instruction that beats Naive on pool B names no label"
     best = max(beating, key=lambda i: (candidates[i]["f1_a"] + candidates[i]["f1_b"], -i))
     return best, "won"
 
@@ -338,8 +351,14 @@ def fit_shots(
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """collect.jsonl rows; a half-written last line (a kill mid-write) is dropped so its task is redone."""
-    return read_jsonl(path) if path.is_file() else []
+    """collect.jsonl rows with their winner picked again by today's `pick_winner`.
+
+    The stored winner is what the rule said when the task was collected; picking again lets a stricter
+    rule apply to a finished collection without new follower calls. A half-written last line (a kill
+    mid-write) is dropped so its task is redone.
+    """
+    records = read_jsonl(path) if path.is_file() else []
+    return [record | dict(zip(("winner", "reason"), pick_winner(record), strict=True)) for record in records]
 
 
 def previous_records(config: ExpertIterationConfig) -> dict[str, dict[str, Any]]:
