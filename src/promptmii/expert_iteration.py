@@ -357,8 +357,11 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     rule apply to a finished collection without new follower calls. A half-written last line (a kill
     mid-write) is dropped so its task is redone.
     """
-    records = read_jsonl(path) if path.is_file() else []
-    return [record | dict(zip(("winner", "reason"), pick_winner(record), strict=True)) for record in records]
+    records = []
+    for record in read_jsonl(path) if path.is_file() else []:
+        winner, reason = pick_winner(record)
+        records.append(record | {"winner": winner, "reason": reason})
+    return records
 
 
 def previous_records(config: ExpertIterationConfig) -> dict[str, dict[str, Any]]:
