@@ -416,3 +416,93 @@ def test_fine_tune_refuses_a_collection_that_has_not_finished(tmp_path: Path):
     records = [{"task": "train0", "n_shown": 4, "winner": None, "candidates": []}]
     with pytest.raises(PromptMIIError, match="collection covers 1 of 2 train tasks"):
         ei.fine_tune(config(tmp_path, corpus=str(corpus)), records)
+
+
+# ---------------------------------------------------------------- pool C: the recheck stage
+
+
+def rechecked_record(
+    f1_c: float, naive_f1_c: float, *, instruction: str = "Answer positive when the text praises."
+) -> dict:
+    r = record((0.40, 0.0, 0.50), [cand(0.70, 0.80)])
+    return r | {"recheck": {"instruction": instruction, "f1_c": f1_c, "naive_f1_c": naive_f1_c}}
+
+
+def test_a_winner_that_loses_to_naive_on_pool_c_gives_no_row():
+    assert ei.pick_winner(rechecked_record(0.70, 0.60)) == (0, "won")
+    assert ei.pick_winner(rechecked_record(0.60, 0.60)) == (None, "the winner does not beat Naive on pool C")
+
+
+def test_a_recheck_of_another_instruction_leaves_the_winner_unchecked():
+    r = rechecked_record(0.10, 0.90, instruction="An older winner.")
+    assert ei.pick_winner(r) == (0, "won")
+    assert not ei.rechecked(r)
+    assert ei.rechecked(rechecked_record(0.10, 0.90))
+    assert ei.rechecked(record((0.3, 0.0, 0.6), [cand(0.5, 0.4)]))  # no winner: nothing to recheck
+
+
+def test_recheck_task_scores_on_examples_outside_pools_a_and_b(tmp_path: Path):
+    follower = FakeBackend("follower", rule=keyword_rule({"great": "positive", "awful": "negative"}, "negative"))
+    cfg = config(tmp_path, m_recheck=10)
+    line = ei.recheck_task(small_task(), "Label by the sentiment words.", cfg, follower)
+    assert line is not None and line["m"] == 10 and line["f1_c"] == 1.0
+    _, a, b = ei.pools(small_task(), cfg.n, cfg.m_select, cfg.m_confirm, cfg.seed)
+    scored = {user_text(chat).rsplit("Input: ", 1)[-1] for chat, _ in follower.calls}
+    assert len(scored) == 10
+    assert not scored & {e.text for e in a + b}
+    # the test side runs out (30 rows, 12 in pools A and B): pool C is the rest
+    assert len(ei.recheck_pool(small_task(), config(tmp_path, m_recheck=100))) == 18
+
+
+def collected_run(tmp_path: Path, **kw) -> tuple[ei.ExpertIterationConfig, list[dict]]:
+    corpus = write_corpus(tmp_path / "corpus", corpus_tasks(train_tasks=2))
+    cfg = config(tmp_path, corpus=str(corpus), **kw)
+    out = Path(cfg.output)
+    out.mkdir(parents=True)
+    lines = [
+        record((0.4, 0.0, 0.5), [cand(0.7, 0.8, instruction=f"Say positive for praise, task {i}.")])
+        | {"task": f"train{i}", "n_shown": 4}
+        for i in range(2)
+    ]
+    (out / ei.COLLECT_LOG).write_text("".join(json.dumps(r) + "\n" for r in lines), encoding="utf-8")
+    return cfg, ei.read_records(out / ei.COLLECT_LOG)
+
+
+def test_the_recheck_stage_writes_a_line_per_winner_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    follower = FakeBackend("follower", rule=lambda chat: "positive", fail_when=lambda chat: "task 1" in str(chat))
+    monkeypatch.setattr(ei, "get_backend", lambda spec: follower)
+    cfg, records = collected_run(tmp_path, m_recheck=10)
+    with pytest.raises(PromptMIIError, match="run --stage recheck"):
+        ei.fine_tune(cfg, records)
+    records = ei.recheck(cfg, records, quiet=True)
+    lines = read_jsonl(Path(cfg.output) / ei.RECHECK_LOG)
+    assert [line["task"] for line in lines] == ["train0"]  # train1's call failed: left for the next run
+    # "positive" to everything: the winner ties Naive on pool C, so it gives no row
+    assert records[0]["winner"] is None and "pool C" in records[0]["reason"]
+    follower.fail_when = None
+    calls = len(follower.calls)
+    records = ei.recheck(cfg, records, quiet=True)
+    assert [line["task"] for line in read_jsonl(Path(cfg.output) / ei.RECHECK_LOG)] == ["train0", "train1"]
+    rerun = [str(chat) for chat, _ in follower.calls[calls:]]
+    assert len(rerun) == 10 and all("task 1" in chat for chat in rerun)  # train1's winner; Naive came from the cache
+    assert all(ei.rechecked(r) for r in records)
+
+
+def test_the_recheck_stage_needs_a_pool(tmp_path: Path):
+    cfg, records = collected_run(tmp_path)
+    with pytest.raises(PromptMIIError, match="--m-recheck"):
+        ei.recheck(cfg, records)
+    with pytest.raises(PromptMIIError, match="m_recheck must be 0"):
+        config(tmp_path, m_recheck=-1)
+
+
+def test_a_config_field_added_after_collection_is_recorded_not_refused(tmp_path: Path):
+    out = tmp_path / "run"
+    out.mkdir()
+    stored = json.loads(json.dumps(ei.asdict(config(tmp_path)) | {"recipe": "expert-iteration"}))
+    del stored["m_recheck"]
+    (out / models.RUN_CONFIG).write_text(json.dumps(stored), encoding="utf-8")
+    ei._write_config(out, config(tmp_path, m_recheck=40))
+    assert json.loads((out / models.RUN_CONFIG).read_text(encoding="utf-8"))["m_recheck"] == 40
+    with pytest.raises(PromptMIIError, match="m_recheck: 40 -> 0"):
+        ei._write_config(out, config(tmp_path))

@@ -374,17 +374,18 @@ def train_cmd(resume: bool, dry_run: bool, **fields: Any) -> None:
 @_config_options(ExpertIterationConfig)
 @click.option(
     "--stage",
-    type=click.Choice(["all", "collect", "fine-tune", "validate"]),
+    type=click.Choice(["all", "collect", "recheck", "fine-tune", "validate"]),
     default="all",
     show_default=True,
-    help="Run one stage, or all three in order (each resumes where it stopped).",
+    help="Run one stage, or all in order (each resumes where it stopped; recheck only with --m-recheck).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def train_ei_cmd(stage: str, quiet: bool, **fields: Any) -> None:
     """Meta-train the generator by expert iteration: the CPU recipe of the shipped adapter.
 
     collect: per train task, the generator writes several instructions; the follower ranks them on one
-    pool of examples and confirms the best against Naive on a second. fine-tune: LoRA SFT (TRL) on the
+    pool of examples and confirms the best against Naive on a second. recheck (with --m-recheck): the
+    winner must beat Naive on a third pool as well. fine-tune: LoRA SFT (TRL) on the
     confirmed winners. validate: export the adapter and compare it with Naive and the untrained generator
     on the validation split (selection.json; promoted only if it beats both). A later round, --previous RUN,
     samples with RUN's adapter and carries RUN's scored candidates over. docs/training.md has the costs.
@@ -405,6 +406,8 @@ def train_ei_cmd(stage: str, quiet: bool, **fields: Any) -> None:
             records = ei.collect(config, quiet=quiet)
         else:
             records = ei.read_records(Path(config.output) / ei.COLLECT_LOG)
+        if stage == "recheck" or (stage == "all" and config.m_recheck):
+            records = ei.recheck(config, records, quiet=quiet)
         report["collect"] = ei.summarize(records)
         if stage in ("all", "fine-tune"):
             report["adapter"] = str(ei.fine_tune(config, records))

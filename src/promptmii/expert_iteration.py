@@ -47,7 +47,7 @@ from promptmii import metaprompts, models, prompts
 from promptmii.backends import Backend, get_backend
 from promptmii.cache import CachedBackend
 from promptmii.data import Example, Task, draw, load_tasks
-from promptmii.errors import DataError, PromptMIIError
+from promptmii.errors import BackendError, DataError, PromptMIIError
 from promptmii.evaluate import run_follower
 from promptmii.experiment import DEFAULT_BACKEND
 from promptmii.induce import InduceConfig, induce
@@ -81,6 +81,7 @@ def candidate_plan(template: str, *, later_round: bool = False) -> tuple[tuple[s
 
 CONFIRMED = 2  # candidates (best on pool A) scored again on pool B
 COLLECT_LOG = "collect.jsonl"
+RECHECK_LOG = "recheck.jsonl"  # one line per task: Naive and the winner on pool C
 MOVABLE = ("corpus", "output", "previous")  # paths that may differ between machines without changing the run
 # what a later round must share with the round it continues: the same pools, shots and follower, so
 # the Naive scores and the earlier candidates' scores carried over compare with the new ones
@@ -102,6 +103,9 @@ class ExpertIterationConfig:
     n: int = field(default=20, metadata={"help": "examples shown to the generator (fewer if the prompt is too long)"})
     m_select: int = field(default=20, metadata={"help": "pool A: follower examples that rank the candidates"})
     m_confirm: int = field(default=20, metadata={"help": "pool B: other examples that confirm the best against Naive"})
+    m_recheck: int = field(
+        default=0, metadata={"help": "pool C: more examples on which the winner must beat Naive again (0: no recheck)"}
+    )
     max_instruction_tokens: int = field(default=256, metadata={"help": "a candidate cut at this length is dropped"})
     max_prompt_tokens: int = field(default=2048, metadata={"help": "shown examples are halved until the prompt fits"})
     lora_r: int = field(default=8, metadata={"help": "LoRA rank of the fine-tune"})
@@ -122,6 +126,8 @@ class ExpertIterationConfig:
         for name in ("n", "m_select", "m_confirm", "max_instruction_tokens", "epochs", "lora_r", "batch_size"):
             if getattr(self, name) < 1:
                 raise PromptMIIError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.m_recheck < 0:
+            raise PromptMIIError(f"m_recheck must be 0 (no recheck) or more, got {self.m_recheck}")
 
 
 # ---------------------------------------------------------------- pure: pools and winners
@@ -135,6 +141,13 @@ def pools(
     if len(test) < m_select + m_confirm:
         raise DataError(f"{task.id}: {len(test)} test rows, fewer than m_select + m_confirm = {m_select + m_confirm}")
     return shots, test[:m_select], test[m_select:]
+
+
+def recheck_pool(task: Task, config: ExpertIterationConfig) -> list[Example]:
+    """Pool C: the m_recheck test-side examples after pools A and B (fewer if the test side runs out)."""
+    start = config.m_select + config.m_confirm
+    _, test = draw(task, min(config.n, len(task.train)), start + config.m_recheck, config.seed)
+    return test[start:]
 
 
 def names_a_label(instruction: str, labels: list[str] | tuple[str, ...]) -> bool:
@@ -151,6 +164,10 @@ def pick_winner(record: dict[str, Any]) -> tuple[int | None, str]:
     label ("Certainly! Please provide the text you would like me to label.") tells the follower nothing
     that Naive's label list does not, so it beats Naive on pool B by noise alone; 8 such replies won in round
     2 before this rule, and the adapter fine-tuned on them wrote nothing else on the validation tasks.
+
+    A record that carries the winner's pool-C scores (`recheck`, written by the recheck stage) keeps it only
+    if it beats Naive there too: beating Naive on one pool of 20 after being picked on another still passes
+    half the instructions that are no better than Naive.
     """
     candidates = record["candidates"]
     valid = [i for i, c in enumerate(candidates) if c["usable"]]
@@ -169,7 +186,20 @@ def pick_winner(record: dict[str, Any]) -> tuple[int | None, str]:
     if not beating:
         return None, "every instruction that beats Naive on pool B names no label"
     best = max(beating, key=lambda i: (candidates[i]["f1_a"] + candidates[i]["f1_b"], -i))
+    recheck = record.get("recheck")
+    if recheck is not None and recheck["instruction"] == candidates[best]["instruction"]:
+        if recheck["f1_c"] <= recheck["naive_f1_c"]:
+            return None, "the winner does not beat Naive on pool C"
     return best, "won"
+
+
+def rechecked(record: dict[str, Any]) -> bool:
+    """Whether the record's winner (as collected, before pool C) has its pool-C scores."""
+    winner, _ = pick_winner({k: v for k, v in record.items() if k != "recheck"})
+    recheck = record.get("recheck")
+    return winner is None or (
+        recheck is not None and recheck["instruction"] == record["candidates"][winner]["instruction"]
+    )
 
 
 def candidate_kind(candidate: dict[str, Any]) -> str:
@@ -347,6 +377,57 @@ def fit_shots(
         shots = shots[: len(shots) // 2]
 
 
+# ---------------------------------------------------------------- stage 1b: recheck the winners on pool C
+
+
+def recheck(config: ExpertIterationConfig, records: list[dict[str, Any]], *, quiet: bool = False) -> list[dict]:
+    """Score each winner and Naive on pool C (m_recheck more examples); returns the records with their rechecks.
+
+    One recheck.jsonl line per task (flushed); a winner already rechecked is skipped, a failed follower call
+    leaves its task for the next run. A winner that loses to Naive on pool C gives no training row, and the
+    task's next-best candidate is not tried: it has no pool-C score.
+    """
+    if config.m_recheck < 1:
+        raise PromptMIIError("the recheck stage needs --m-recheck (examples in pool C), e.g. 40")
+    out = Path(config.output)
+    _write_config(out, config)
+    path = out / RECHECK_LOG
+    set_aside_partial_line(path)
+    tasks = {t.id: t for t in load_tasks(config.corpus, split="train")}
+    todo = [r for r in records if not rechecked(r)]
+    if todo:
+        follower = CachedBackend(get_backend(config.follower), models.promptmii_home() / "cache.sqlite")
+        for record in tqdm(todo, desc="recheck", unit="task", disable=quiet):
+            winner, _ = pick_winner({k: v for k, v in record.items() if k != "recheck"})
+            line = recheck_task(tasks[record["task"]], record["candidates"][winner]["instruction"], config, follower)
+            if line is not None:
+                append_lines(path, [line])
+    return read_records(out / COLLECT_LOG)
+
+
+def recheck_task(task: Task, instruction: str, config: ExpertIterationConfig, follower: Backend) -> dict | None:
+    """Naive's and the instruction's macro-F1 on the task's pool C; None if a follower call failed."""
+    pool_c = recheck_pool(task, config)
+    try:
+        naive = run_follower(follower, prompts.NAIVE_INSTRUCTION, task.labels, pool_c)
+        winner = run_follower(follower, instruction, task.labels, pool_c)
+    except BackendError as e:  # every call failed (a server down): the same as some failing
+        log.warning("%s: %s; retried next run", task.id, e)
+        return None
+    errors = naive.errors + winner.errors
+    if any(errors):
+        log.warning("%s: follower failed on pool C (%s); retried next run", task.id, _first(errors))
+        return None
+    return {
+        "task": task.id,
+        "instruction": instruction,
+        "m": len(pool_c),
+        "naive_f1_c": round(naive.scores.macro_f1, 4),
+        "f1_c": round(winner.scores.macro_f1, 4),
+        "invalid_c": round(winner.scores.invalid_rate, 4),
+    }
+
+
 # ---------------------------------------------------------------- files
 
 
@@ -355,10 +436,15 @@ def read_records(path: Path) -> list[dict[str, Any]]:
 
     The stored winner is what the rule said when the task was collected; picking again lets a stricter
     rule apply to a finished collection without new follower calls. A half-written last line (a kill
-    mid-write) is dropped so its task is redone.
+    mid-write) is dropped so its task is redone. The task's line in recheck.jsonl beside it, if any, joins
+    the record as `recheck` (the last line of a task counts).
     """
+    recheck_path = path.parent / RECHECK_LOG
+    rechecks = {r["task"]: r for r in read_jsonl(recheck_path)} if recheck_path.is_file() else {}
     records = []
     for record in read_jsonl(path) if path.is_file() else []:
+        if record["task"] in rechecks:
+            record = record | {"recheck": rechecks[record["task"]]}
         winner, reason = pick_winner(record)
         records.append(record | {"winner": winner, "reason": reason})
     return records
@@ -414,11 +500,16 @@ def _write_config(out: Path, config: ExpertIterationConfig) -> None:
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
         changed = [
-            f"{k}: {stored.get(k)!r} -> {v!r}" for k, v in current.items() if k not in MOVABLE and stored.get(k) != v
+            f"{k}: {stored[k]!r} -> {v!r}"
+            for k, v in current.items()
+            if k not in MOVABLE and k in stored and stored[k] != v
         ]
         if changed:
             raise PromptMIIError(f"{out} holds a run with another config ({'; '.join(changed)}); use a new --output")
-        return
+        if set(current) <= set(stored):
+            return
+        # a field added after the run was collected (m_recheck): recorded from the first run that sets it
+        current = current | {k: stored[k] for k in MOVABLE if k in stored}
     atomic_write(path, json.dumps(current, indent=2) + "\n")
 
 
@@ -475,6 +566,11 @@ def fine_tune(config: ExpertIterationConfig, records: list[dict[str, Any]], *, r
         raise PromptMIIError(
             f"{out}: collection covers {len(train_ids) - len(missing)} of {len(train_ids)} train tasks "
             f"(missing e.g. {sorted(missing)[0]}); run --stage collect until it finishes"
+        )
+    unchecked = [r["task"] for r in records if not rechecked(r)] if config.m_recheck else []
+    if unchecked:
+        raise PromptMIIError(
+            f"{out}: {len(unchecked)} winners have no pool-C score (e.g. {unchecked[0]}); run --stage recheck"
         )
     rows = sft_rows(records, tasks, config)
     if not rows:
