@@ -193,9 +193,15 @@ def pick_winner(record: dict[str, Any]) -> tuple[int | None, str]:
     return best, "won"
 
 
+def winner_before_recheck(record: dict[str, Any]) -> int | None:
+    """The candidate that pools A and B pick, whatever pool C says: the one the recheck stage scores."""
+    winner, _ = pick_winner({k: v for k, v in record.items() if k != "recheck"})
+    return winner
+
+
 def rechecked(record: dict[str, Any]) -> bool:
     """Whether the record's winner (as collected, before pool C) has its pool-C scores."""
-    winner, _ = pick_winner({k: v for k, v in record.items() if k != "recheck"})
+    winner = winner_before_recheck(record)
     recheck = record.get("recheck")
     return winner is None or (
         recheck is not None and recheck["instruction"] == record["candidates"][winner]["instruction"]
@@ -398,8 +404,8 @@ def recheck(config: ExpertIterationConfig, records: list[dict[str, Any]], *, qui
     if todo:
         follower = CachedBackend(get_backend(config.follower), models.promptmii_home() / "cache.sqlite")
         for record in tqdm(todo, desc="recheck", unit="task", disable=quiet):
-            winner, _ = pick_winner({k: v for k, v in record.items() if k != "recheck"})
-            line = recheck_task(tasks[record["task"]], record["candidates"][winner]["instruction"], config, follower)
+            instruction = record["candidates"][winner_before_recheck(record)]["instruction"]
+            line = recheck_task(tasks[record["task"]], instruction, config, follower)
             if line is not None:
                 append_lines(path, [line])
     return read_records(out / COLLECT_LOG)
