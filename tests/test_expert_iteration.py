@@ -12,7 +12,7 @@ from fakes import FakeBackend, keyword_rule, user_text
 from promptmii import expert_iteration as ei
 from promptmii import models, prompts
 from promptmii.data import Example, Task
-from promptmii.errors import DataError, ModelFileError, PromptMIIError
+from promptmii.errors import BackendError, DataError, ModelFileError, PromptMIIError
 from promptmii.results import read_jsonl
 
 
@@ -469,7 +469,15 @@ def collected_run(tmp_path: Path, **kw) -> tuple[ei.ExpertIterationConfig, list[
 
 
 def test_the_recheck_stage_writes_a_line_per_winner_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    follower = FakeBackend("follower", rule=lambda chat: "positive", fail_when=lambda chat: "task 1" in str(chat))
+    failed: list[str] = []
+
+    def fail_once_on_task_1(chat) -> bool:
+        if "task 1" in str(chat) and not failed:
+            failed.append(str(chat))
+            return True
+        return False
+
+    follower = FakeBackend("follower", rule=lambda chat: "positive", fail_when=fail_once_on_task_1)
     monkeypatch.setattr(ei, "get_backend", lambda spec: follower)
     cfg, records = collected_run(tmp_path, m_recheck=10)
     with pytest.raises(PromptMIIError, match="run --stage recheck"):
@@ -484,8 +492,18 @@ def test_the_recheck_stage_writes_a_line_per_winner_and_resumes(tmp_path: Path, 
     records = ei.recheck(cfg, records, quiet=True)
     assert [line["task"] for line in read_jsonl(Path(cfg.output) / ei.RECHECK_LOG)] == ["train0", "train1"]
     rerun = [str(chat) for chat, _ in follower.calls[calls:]]
-    assert len(rerun) == 10 and all("task 1" in chat for chat in rerun)  # train1's winner; Naive came from the cache
+    assert rerun == failed  # only the failed call runs again: the rest of pool C came from the cache
     assert all(ei.rechecked(r) for r in records)
+
+
+def test_the_recheck_stage_stops_when_every_call_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    follower = FakeBackend("follower", rule=lambda chat: "positive", fail_when=lambda chat: "task 1" in str(chat))
+    monkeypatch.setattr(ei, "get_backend", lambda spec: follower)
+    cfg, records = collected_run(tmp_path, m_recheck=10)
+    with pytest.raises(BackendError, match="failed on all 10"):
+        ei.recheck(cfg, records, quiet=True)
+    lines = read_jsonl(Path(cfg.output) / ei.RECHECK_LOG)
+    assert [line["task"] for line in lines] == ["train0"]  # what was done before the stop is kept
 
 
 def test_the_recheck_stage_needs_a_pool(tmp_path: Path):

@@ -47,7 +47,7 @@ from promptmii import metaprompts, models, prompts
 from promptmii.backends import Backend, get_backend
 from promptmii.cache import CachedBackend
 from promptmii.data import Example, Task, draw, load_tasks
-from promptmii.errors import BackendError, DataError, PromptMIIError
+from promptmii.errors import DataError, PromptMIIError
 from promptmii.evaluate import run_follower
 from promptmii.experiment import DEFAULT_BACKEND
 from promptmii.induce import InduceConfig, induce
@@ -412,14 +412,13 @@ def recheck(config: ExpertIterationConfig, records: list[dict[str, Any]], *, qui
 
 
 def recheck_task(task: Task, instruction: str, config: ExpertIterationConfig, follower: Backend) -> dict | None:
-    """Naive's and the instruction's macro-F1 on the task's pool C; None if a follower call failed."""
+    """Naive's and the instruction's macro-F1 on the task's pool C; None if some follower call failed.
+
+    Every call failing raises BackendError and stops the stage, as in collect: the backend is down.
+    """
     pool_c = recheck_pool(task, config)
-    try:
-        naive = run_follower(follower, prompts.NAIVE_INSTRUCTION, task.labels, pool_c)
-        winner = run_follower(follower, instruction, task.labels, pool_c)
-    except BackendError as e:  # every call failed (a server down): the same as some failing
-        log.warning("%s: %s; retried next run", task.id, e)
-        return None
+    naive = run_follower(follower, prompts.NAIVE_INSTRUCTION, task.labels, pool_c)
+    winner = run_follower(follower, instruction, task.labels, pool_c)
     errors = naive.errors + winner.errors
     if any(errors):
         log.warning("%s: follower failed on pool C (%s); retried next run", task.id, _first(errors))
