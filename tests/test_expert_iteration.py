@@ -524,3 +524,23 @@ def test_a_config_field_added_after_collection_is_recorded_not_refused(tmp_path:
     assert json.loads((out / models.RUN_CONFIG).read_text(encoding="utf-8"))["m_recheck"] == 40
     with pytest.raises(PromptMIIError, match="m_recheck: 40 -> 0"):
         ei._write_config(out, config(tmp_path))
+
+
+def test_the_ship_stage_puts_a_promoted_adapter_in_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from click.testing import CliRunner
+
+    from promptmii.cli import main
+
+    monkeypatch.setattr(models, "adapters_root", lambda: tmp_path / "adapters")
+    cfg = promoted_run(tmp_path)
+    args = ["train-ei", "--corpus", cfg.corpus, "--output", cfg.output, "--n", "4", "--stage", "ship"]
+    args += ["--m-select", "6", "--m-confirm", "6"]
+    done = CliRunner().invoke(main, [*args, "--ship-as", "tiny-ei"], catch_exceptions=False)
+    assert done.exit_code == 0, done.output
+    assert models.default_generator() == "llamacpp:tiny-ei"
+    manifest = json.loads((tmp_path / "adapters" / "tiny-ei" / models.MANIFEST).read_text())
+    assert manifest["training_run"] == cfg.output and manifest["commit"]  # the checkout's HEAD, or "unknown"
+    (Path(cfg.output) / ei.SELECTION).write_text(json.dumps({"promoted": False, "mean_macro_f1": {}}))
+    refused = CliRunner().invoke(main, [*args, "--ship-as", "other-ei"])
+    assert refused.exit_code == 1 and "not promoted" in refused.output
+    assert list(models.shipped_adapters()) == ["tiny-ei"]

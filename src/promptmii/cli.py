@@ -28,7 +28,7 @@ from promptmii.experiment import Backends, EvalConfig, result_keys, run_eval
 from promptmii.expert_iteration import ExpertIterationConfig
 from promptmii.induce import induce
 from promptmii.instruction_file import InstructionFile, evaluation_table, load_instruction_file
-from promptmii.results import Result, ResultsDir, mean_by_method, promptmii_version, read_results
+from promptmii.results import Result, ResultsDir, git_sha, mean_by_method, promptmii_version, read_results
 from promptmii.train import TrainConfig
 from promptmii.tune import TuneConfig
 
@@ -374,13 +374,19 @@ def train_cmd(resume: bool, dry_run: bool, **fields: Any) -> None:
 @_config_options(ExpertIterationConfig)
 @click.option(
     "--stage",
-    type=click.Choice(["all", "collect", "recheck", "fine-tune", "validate"]),
+    type=click.Choice(["all", "collect", "recheck", "fine-tune", "validate", "ship"]),
     default="all",
     show_default=True,
-    help="Run one stage, or all in order (each resumes where it stopped; recheck only with --m-recheck).",
+    help="Run one stage, or all but ship in order (each resumes where it stopped; recheck only with --m-recheck).",
+)
+@click.option(
+    "--ship-as",
+    default="promptmii-1.5b-ei",
+    show_default=True,
+    help="Stage ship: the name the adapter gets in the package (promptmii/adapters/NAME).",
 )
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def train_ei_cmd(stage: str, quiet: bool, **fields: Any) -> None:
+def train_ei_cmd(stage: str, ship_as: str, quiet: bool, **fields: Any) -> None:
     """Meta-train the generator by expert iteration: the CPU recipe of the shipped adapter.
 
     collect: per train task, the generator writes several instructions; the follower ranks them on one
@@ -388,7 +394,8 @@ def train_ei_cmd(stage: str, quiet: bool, **fields: Any) -> None:
     winner must beat Naive on a third pool as well. fine-tune: LoRA SFT (TRL) on the
     confirmed winners. validate: export the adapter and compare it with Naive and the untrained generator
     on the validation split (selection.json; promoted only if it beats both). A later round, --previous RUN,
-    samples with RUN's adapter and carries RUN's scored candidates over. docs/training.md has the costs.
+    samples with RUN's adapter and carries RUN's scored candidates over. ship (never part of all): copy a
+    promoted adapter into the package, where it becomes the default generator. docs/training.md has the costs.
 
     Examples (the second is a later round):
 
@@ -401,6 +408,10 @@ def train_ei_cmd(stage: str, quiet: bool, **fields: Any) -> None:
 
     with _errors_as_one_line():
         config = ExpertIterationConfig(**fields)
+        if stage == "ship":  # a decision, not a step: it changes what `induce` runs for every user
+            target = ei.ship(config, ship_as, commit=git_sha())
+            click.echo(json.dumps({"shipped": str(target)}, indent=2))
+            return
         report: dict[str, Any] = {}
         if stage in ("all", "collect"):
             records = ei.collect(config, quiet=quiet)
