@@ -122,8 +122,8 @@ def is_arm_row(r: Result, arm: TrainedArm, n: int = N) -> bool:
     # the m asked for: a small task (cb has 56 test-side rows) records fewer scored rows in r.m
     if r.config.get("m", r.m) != M or r.config.get("n") != n or r.config.get("follower") != FOLLOWER:
         return False
-    if r.method == "promptmii":
-        return r.generator == arm.model_id
+    if r.method == "promptmii":  # the adapter is its bytes: rows made under the training run's name count too
+        return r.generator.endswith(f"-lora@{arm.model_id.rpartition('@')[2]}")
     if r.method == "promptmii-zero":
         return r.config.get("base_generator") == arm.base_generator and r.template == arm.template
     return True
@@ -206,7 +206,8 @@ def arm_mean(picked: list[Result]) -> dict[str, float | None]:
 
 def so_far(task_ids: list[str], latest: dict[tuple[str, int, str], Result]) -> dict:
     """While the run is under way: per seed, the arms' macro-F1 over the tasks where that seed has them all,
-    with the trained arm's paired CIs, tokens and instruction variety once that seed has it."""
+    with the trained arm's paired CIs, tokens and instruction variety once that seed has it; then the same
+    over all seeds for the arms every seed has."""
     partial = {}
     for s in SEEDS:
         arms = [a for a in ARMS if any((t, s, a) in latest for t in task_ids)]
@@ -223,6 +224,21 @@ def so_far(task_ids: list[str], latest: dict[tuple[str, int, str], Result]) -> d
             partial[str(s)]["instruction_stats"] = {
                 a: instruction_stats([latest[(t, s, a)] for t in tasks]) for a in ("promptmii-zero", "promptmii")
             }
+    # the arms every seed has on the same tasks, each task scored by its mean over the seeds (as `mean` is)
+    arms = [a for a in ARMS if all(any((t, s, a) in latest for t in task_ids) for s in SEEDS)]
+    tasks = [t for t in task_ids if all((t, s, a) in latest for s in SEEDS for a in arms)]
+    if "promptmii" in arms and len(tasks) > 1:
+        f1 = {a: [mean([latest[(t, s, a)].macro_f1 for s in SEEDS], 6) for t in tasks] for a in arms}
+        partial["+".join(map(str, SEEDS))] = {
+            "tasks": len(tasks),
+            **{a: mean(f1[a]) for a in arms},
+            "paired_macro_f1": {
+                f"promptmii - {a}": paired_ci(f1["promptmii"], f1[a]) for a in arms if a != "promptmii"
+            },
+            "prompt_tokens_per_query": {
+                a: mean([latest[(t, s, a)].prompt_tokens_per_query for t in tasks for s in SEEDS], 1) for a in arms
+            },
+        }
     return partial
 
 

@@ -87,3 +87,30 @@ def test_no_goal_is_met_without_complete_tasks(tmp_path: Path) -> None:
     summary = bench.summarize(["a"], bench.pick([arm_row(run, "a", 0, "promptmii", 0.9)], arm), arm)
     assert summary["tasks_complete"] == 0 and not summary["goal_met"]
     assert summary["mean"]["promptmii"]["macro_f1"] is None and summary["paired_macro_f1"] == {}
+
+
+def test_rows_of_the_same_adapter_under_its_training_run_name_count(tmp_path: Path) -> None:
+    bench = load_script("bench/trained_vs_zero.py")
+    run = training_run(tmp_path)
+    arm = bench.TrainedArm.of(run)
+    sha12 = models.file_sha256(run / models.EXPORTED_ADAPTER)[:12]
+    same_bytes = dataclasses.replace(
+        arm_row(run, "a", 0, "promptmii", 0.5), generator=f"expert_iteration_r2-lora@{sha12}"
+    )
+    other_bytes = dataclasses.replace(same_bytes, generator="ei-run-lora@000000000000")
+    assert bench.is_arm_row(same_bytes, arm) and not bench.is_arm_row(other_bytes, arm)
+
+
+def test_so_far_pools_the_seeds_for_the_arms_every_seed_has(tmp_path: Path) -> None:
+    bench = load_script("bench/trained_vs_zero.py")
+    run = training_run(tmp_path)
+    arms = ("naive", "promptmii-zero", "promptmii")
+    rows = [arm_row(run, t, s, a, F1[a] + 0.01 * s) for t in ("a", "b") for s in (0, 1) for a in arms]
+    rows += [arm_row(run, t, 0, a, F1[a]) for t in ("a", "b") for a in ("icl:20", "icl:100")]  # seed 0 only
+    arm = bench.TrainedArm.of(run)
+    summary = bench.summarize(["a", "b"], bench.pick(rows, arm), arm)
+    assert summary["tasks_complete"] == 0  # seed 1 lacks the ICL arms
+    both = summary["so_far"]["0+1"]
+    assert both["tasks"] == 2 and "icl:20" not in both
+    assert both["promptmii"] == 0.565 and both["naive"] == 0.505
+    assert both["paired_macro_f1"]["promptmii - promptmii-zero"]["mean_difference"] == 0.08
