@@ -535,11 +535,12 @@ def test_the_ship_stage_puts_a_promoted_adapter_in_the_package(tmp_path: Path, m
     cfg = promoted_run(tmp_path)
     args = ["train-ei", "--corpus", cfg.corpus, "--output", cfg.output, "--n", "4", "--stage", "ship"]
     args += ["--m-select", "6", "--m-confirm", "6"]
-    done = CliRunner().invoke(main, [*args, "--ship-as", "tiny-ei"], catch_exceptions=False)
+    done = CliRunner().invoke(main, [*args, "--template", "terse", "--ship-as", "tiny-ei"], catch_exceptions=False)
     assert done.exit_code == 0, done.output
     assert models.default_generator() == "llamacpp:tiny-ei"
     manifest = json.loads((tmp_path / "adapters" / "tiny-ei" / models.MANIFEST).read_text())
     assert manifest["training_run"] == cfg.output and manifest["commit"]  # the checkout's HEAD, or "unknown"
+    assert manifest["template"] == "criteria"  # the run's, not the flag's
     (Path(cfg.output) / ei.SELECTION).write_text(json.dumps({"promoted": False, "mean_macro_f1": {}}))
     refused = CliRunner().invoke(main, [*args, "--ship-as", "other-ei"])
     assert refused.exit_code == 1 and "not promoted" in refused.output

@@ -733,20 +733,21 @@ def ship(config: ExpertIterationConfig, name: str, *, commit: str | None = None)
     sha256 = models.file_sha256(adapter)
     if sha256 != selection["adapter_sha256"]:
         raise PromptMIIError(f"{adapter}: changed since validation (sha256 {sha256[:12]}); validate it again")
+    stored = _stored_config(out)  # what the adapter was trained with, whatever flags the caller passed
     target = models.adapters_root() / name
     target.mkdir(parents=True, exist_ok=True)
     shutil.copy(adapter, target / models.EXPORTED_ADAPTER)
     shutil.copy(out / models.RUN_CONFIG, target / models.RUN_CONFIG)
     manifest = {
         "name": name,
-        "base": config.policy,
-        "template": config.template,
-        "follower": config.follower,
+        "base": stored["policy"],
+        "template": stored["template"],
+        "follower": stored["follower"],
         "adapter_sha256": sha256,
         "validation": {k: selection[k] for k in ("tasks", "mean_macro_f1")},
         "training_run": str(out),
         "commit": commit,
-        "note": f"expert iteration, meta-prompt template '{config.template}'",
+        "note": f"expert iteration, meta-prompt template '{stored['template']}'",
     }
     atomic_write(target / models.MANIFEST, json.dumps(manifest, indent=2) + "\n")
     return target
