@@ -13,8 +13,10 @@ from click.testing import CliRunner
 
 from conftest import SENTIMENT_WORDS, sentiment_examples, write_corpus
 from fakes import FakeBackend, keyword_rule, query_input
+from promptmii import models
 from promptmii.cli import main
 from promptmii.data import Task
+from promptmii.instruction_file import load_instruction_file
 from promptmii.results import read_results
 
 HINT = "Decide the sentiment from the words love, great, hate and awful."
@@ -88,6 +90,18 @@ def test_induce_prints_the_table_and_instruction(tmp_path: Path, fakes: dict[str
     assert f"Instruction (fake:generator):\n\n{HINT}" in result.stdout
 
 
+def test_induce_shows_the_instruction_of_the_generator_asked_for(
+    tmp_path: Path, fakes: dict[str, str], register_backend
+) -> None:
+    trained = register_backend("fake:trained", FakeBackend("trained", rule=lambda chat: "A trained instruction."))
+    data = write_examples(tmp_path / "reviews.csv")
+    asked = ["--generator", trained, "--methods", "naive,promptmii-zero", "--format", "table"]
+    result = induce_with_fakes(fakes, data, tmp_path / "out", *asked)
+    assert result.exit_code == 0, result.output
+    assert f"Instruction (fake:generator):\n\n{HINT}" in result.stdout  # the untrained one: promptmii not asked for
+    assert load_instruction_file(tmp_path / "out").generator == "fake:generator"
+
+
 def test_induce_jsonl_output_equals_the_rows_on_disk(tmp_path: Path, fakes: dict[str, str]) -> None:
     data = write_examples(tmp_path / "reviews.csv")
     out = tmp_path / "out"
@@ -158,6 +172,7 @@ def test_models_lists_bundled_models() -> None:
     assert [m["name"] for m in json.loads(result.stdout)] == [
         "qwen2.5-coder-1.5b-instruct",
         "qwen2.5-coder-0.5b-instruct",
+        *models.shipped_adapters(),  # a trained generator in the package, if one ships
     ]
 
 

@@ -283,7 +283,7 @@ def test_test_side_smaller_than_m_is_scored_whole_and_recorded(tmp_path: Path, s
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"methods": ("promptmii",)}, "method promptmii needs --generator"),
+        ({"methods": ("promptmii",), "generator": None}, "method promptmii needs --generator"),
         ({"methods": ("icl:x",)}, "only icl takes a shot count"),
         ({"methods": ("naiv",)}, "unknown method 'naiv' (did you mean 'naive'?)"),
         ({"methods": ()}, "no methods given"),

@@ -70,3 +70,14 @@ def test_the_real_tokenizer_keeps_inputs_as_data() -> None:
     assert tokenize_rendered(llm.tokenize, plain, False) == llm.tokenize(
         plain.text.encode(), add_bos=False, special=True
     )
+
+
+def test_the_lora_buffer_notice_is_dropped_and_other_llama_logs_pass(capfd: pytest.CaptureFixture[str]) -> None:
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from promptmii.backends import llamacpp
+
+    llamacpp._drop_harmless_llama_logs(llama_cpp)
+    error = 3  # GGML_LOG_LEVEL_ERROR: what llama.cpp uses for both lines
+    llamacpp._log_filter(error, b"lora for 'blk.0.attn_k.weight' cannot use buft 'CPU_REPACK', fallback to CPU\n", None)
+    llamacpp._log_filter(error, b"failed to load model\n", None)
+    assert capfd.readouterr().err == "failed to load model\n"

@@ -72,6 +72,7 @@ def test_missing_part_package_names_it_and_its_extra(monkeypatch: pytest.MonkeyP
 def test_models_says_which_extra_installs_a_missing_model(monkeypatch: pytest.MonkeyPatch) -> None:
     ghost = models.BundledModel("ghost", "no_such_part_pkg", 2, 1, "0" * 64, "a note", extra="small")
     monkeypatch.setattr(models, "BUNDLED", {"ghost": ghost})
+    monkeypatch.setattr(models, "shipped_adapters", dict)  # listed after the bundled models, if any ships
     [row] = models.available()
     assert not row["installed"] and row["note"] == "a note; install with: pip install 'promptmii[small]'"
 
@@ -87,7 +88,7 @@ def test_unknown_model_name_suggests() -> None:
 
 def test_available_lists_bundled_models() -> None:
     names = [row["name"] for row in models.available()]
-    assert names == ["qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct"]
+    assert names == ["qwen2.5-coder-1.5b-instruct", "qwen2.5-coder-0.5b-instruct", *models.shipped_adapters()]
 
 
 def test_trained_for_reads_the_follower_of_a_training_run(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ from promptmii.corpus import BuildConfig
 from promptmii.data import Task, draw, load_tasks
 from promptmii.errors import DataError, PromptMIIError, first_line
 from promptmii.evaluate import DECODING
-from promptmii.experiment import Backends, EvalConfig, result_keys, run_eval
+from promptmii.experiment import DEFAULT_METHODS_UNTRAINED, Backends, EvalConfig, result_keys, run_eval
 from promptmii.expert_iteration import ExpertIterationConfig
 from promptmii.induce import induce
 from promptmii.instruction_file import InstructionFile, evaluation_table, load_instruction_file
@@ -112,6 +112,16 @@ def _config_from_options(config_class: type, values: dict[str, Any]) -> Any:
     )
 
 
+def _eval_config(values: dict[str, Any]) -> EvalConfig:
+    """The EvalConfig of induce and eval. A --base-generator given without --generator or --methods means that
+    generator, untrained: the shipped adapter is a LoRA for the bundled 1.5B and cannot apply to another."""
+    context = click.get_current_context()
+    given = {name for name in values if context.get_parameter_source(name) != click.core.ParameterSource.DEFAULT}
+    if "base_generator" in given and not {"generator", "methods"} & given:
+        values = values | {"generator": None, "methods": ",".join(DEFAULT_METHODS_UNTRAINED)}
+    return _config_from_options(EvalConfig, values)
+
+
 def _output_options(f: Any) -> Any:
     """--format and --quiet, shared by induce and eval."""
     f = click.option("-q", "--quiet", is_flag=True, help="No progress bars.")(f)
@@ -153,7 +163,7 @@ def induce_cmd(
         promptmii induce examples/support_tickets.csv --n 20 --m 50
     """
     with _errors_as_one_line():
-        config = _config_from_options(EvalConfig, fields)
+        config = _eval_config(fields)
         # Without scoring, only the n shown rows are needed: they are drawn from the whole file.
         tasks = load_tasks(
             data,
@@ -171,7 +181,9 @@ def induce_cmd(
         [task] = tasks
         backends = Backends(config)
         directory = Path(output or f"runs/induce-{task.id}")
-        role = "generator" if config.generator else "base_generator"
+        # the trained generator when it is configured and asked for, else the untrained one
+        method = "promptmii" if config.generator and "promptmii" in config.methods else "promptmii-zero"
+        role = "generator" if method == "promptmii" else "base_generator"
         if no_eval:
             shots, _ = draw(task, config.n, 0, config.seed)
             instruction = induce(shots, task.labels, backends.get(role), config.induce_config)
@@ -188,10 +200,9 @@ def induce_cmd(
         rows = _requested_rows(out, result_keys([task], config, backends, out))
         fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
         _emit(rows, fmt, show_task=False)
-        method = "promptmii" if config.generator else "promptmii-zero"
         instruction = next((r.instruction for r in rows if r.method == method), None)
         if fmt == "table" and instruction is not None:
-            click.echo(f"\nInstruction ({redact(config.generator or config.base_generator)}):\n\n{instruction}")
+            click.echo(f"\nInstruction ({redact(getattr(config, role))}):\n\n{instruction}")
         click.echo(f"\nrows: {out.results_path}  samples: {out.samples_path}", err=True)
         if instruction:
             saved = _instruction_file(task, config, backends, role, instruction, rows).save(directory)
@@ -293,7 +304,7 @@ def eval_cmd(
         promptmii eval --tasks ../shared/corpus --split test --methods naive,icl:20,icl:100,promptmii-zero --n 20 --m 100
     """
     with _errors_as_one_line():
-        config = _config_from_options(EvalConfig, fields)
+        config = _eval_config(fields)
         ids = [t.strip() for t in task_ids.split(",")] if task_ids else None
         tasks = load_tasks(
             tasks_source,

@@ -52,7 +52,8 @@ DEFAULT_BACKEND = f"llamacpp:{models.DEFAULT_MODEL}"
 # A trained generator shipped in the package (promptmii/adapters/) is the default one, and then the default
 # methods score it instead of the untrained generator; without one they are Naive, ICL and Zero.
 DEFAULT_GENERATOR = models.default_generator()
-DEFAULT_METHODS = ("naive", "icl", "promptmii" if DEFAULT_GENERATOR else "promptmii-zero")
+DEFAULT_METHODS_UNTRAINED = ("naive", "icl", "promptmii-zero")
+DEFAULT_METHODS = ("naive", "icl", "promptmii") if DEFAULT_GENERATOR else DEFAULT_METHODS_UNTRAINED
 # The searches propose (APE) and reflect (GEPA) with the untrained generator, as in the reference.
 GENERATOR_ROLE = {
     "promptmii-zero": "base_generator",

@@ -82,6 +82,30 @@ def tokenize_rendered(tokenize: Callable[..., list[int]], rendered: Rendered, ad
     return ids
 
 
+# llama.cpp logs one ERROR line per LoRA tensor that cannot sit in the repacked CPU buffer (168 for the
+# shipped adapter) and then uses plain CPU memory, which works. Those lines are dropped; every other line
+# goes to llama-cpp-python's own handler (which prints errors only, with verbose=False).
+_HARMLESS = b"cannot use buft"
+_log_filter = None  # the ctypes callback, kept alive here: llama.cpp holds only a raw pointer to it
+
+
+def _drop_harmless_llama_logs(llama_cpp) -> None:
+    global _log_filter
+    if _log_filter is not None:
+        return
+    import ctypes
+
+    from llama_cpp import _logger
+
+    @llama_cpp.llama_log_callback
+    def log_filter(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if _HARMLESS not in text:
+            _logger.llama_log_callback(level, text, user_data)
+
+    _log_filter = log_filter
+    llama_cpp.llama_log_set(_log_filter, ctypes.c_void_p(0))
+
+
 class LlamaCppBackend:
     """One GGUF model in llama.cpp, loaded once and shared by every caller in the process."""
 
@@ -111,6 +135,7 @@ class LlamaCppBackend:
         settings = {"n_threads": threads, "n_threads_batch": threads, "verbose": False}
         if lora is not None:  # a LoRA adapter GGUF (promptmii export), applied at run time
             settings["lora_path"] = str(lora)
+            _drop_harmless_llama_logs(llama_cpp)
         try:
             self._llm = llama_cpp.Llama(
                 model_path=str(path),
