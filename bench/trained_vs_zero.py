@@ -90,12 +90,13 @@ class TrainedArm:
     run: Path
     base_generator: str  # the run's policy as a llama.cpp spec: the Zero arm's generator
     template: str | None  # the meta-prompt it was trained with: both generator arms use it
-    model_id: str  # what the trained arm's rows record as their generator
+    adapter_sha256: str  # the adapter's identity: its rows record it (first 12 digits) in their generator id
 
     @classmethod
     def of(cls, run: Path) -> TrainedArm:
         config = models.run_config(run)
-        return cls(run, f"llamacpp:{config['policy']}", config.get("template"), models.adapter_model_id(run))
+        sha256 = models.file_sha256(run / models.EXPORTED_ADAPTER)
+        return cls(run, f"llamacpp:{config['policy']}", config.get("template"), sha256)
 
     @property
     def description(self) -> str:
@@ -123,7 +124,7 @@ def is_arm_row(r: Result, arm: TrainedArm, n: int = N) -> bool:
     if r.config.get("m", r.m) != M or r.config.get("n") != n or r.config.get("follower") != FOLLOWER:
         return False
     if r.method == "promptmii":  # the adapter is its bytes: rows made under the training run's name count too
-        return r.generator.endswith(f"-lora@{arm.model_id.rpartition('@')[2]}")
+        return r.generator.endswith(f"-lora@{arm.adapter_sha256[:12]}")
     if r.method == "promptmii-zero":
         return r.config.get("base_generator") == arm.base_generator and r.template == arm.template
     return True
@@ -141,7 +142,7 @@ def summarize(task_ids: list[str], latest: dict[tuple[str, int, str], Result], a
     by_seed = {
         str(s): {arm: mean([latest[(t, s, arm)].macro_f1 for t in done]) for arm in ARMS} for s in SEEDS
     }  # fmt: skip
-    task_f1 = {arm: [mean([latest[(t, s, arm)].macro_f1 for s in SEEDS], 6) for t in done] for arm in ARMS}
+    task_f1 = {arm: [seed_mean_f1(latest, t, arm) for t in done] for arm in ARMS}
     pairs = [("promptmii", other) for other in ARMS if other != "promptmii"] + [("promptmii-zero", "naive")]
     paired = {f"{a} - {b}": paired_ci(task_f1[a], task_f1[b]) for a, b in pairs} if done else {}
     trained, zero, naive = (means[a]["macro_f1"] for a in ("promptmii", "promptmii-zero", "naive"))
@@ -163,7 +164,7 @@ def summarize(task_ids: list[str], latest: dict[tuple[str, int, str], Result], a
         "generator": arm.description,
         "base_generator": arm.base_generator,
         "adapter": _relative(run / models.EXPORTED_ADAPTER),
-        "adapter_sha256": models.file_sha256(run / models.EXPORTED_ADAPTER),
+        "adapter_sha256": arm.adapter_sha256,
         "template": arm.template,
         "follower": FOLLOWER,
         "n": N,
@@ -192,6 +193,11 @@ def summarize(task_ids: list[str], latest: dict[tuple[str, int, str], Result], a
             for t in done
         ],
     }
+
+
+def seed_mean_f1(latest: dict[tuple[str, int, str], Result], task: str, arm: str) -> float:
+    """A task's macro-F1 for an arm, averaged over the seeds: the unit the paired CIs compare."""
+    return mean([latest[(task, s, arm)].macro_f1 for s in SEEDS], 6)
 
 
 def arm_mean(picked: list[Result]) -> dict[str, float | None]:
@@ -228,7 +234,7 @@ def so_far(task_ids: list[str], latest: dict[tuple[str, int, str], Result]) -> d
     arms = [a for a in ARMS if all(any((t, s, a) in latest for t in task_ids) for s in SEEDS)]
     tasks = [t for t in task_ids if all((t, s, a) in latest for s in SEEDS for a in arms)]
     if "promptmii" in arms and len(tasks) > 1:
-        f1 = {a: [mean([latest[(t, s, a)].macro_f1 for s in SEEDS], 6) for t in tasks] for a in arms}
+        f1 = {a: [seed_mean_f1(latest, t, a) for t in tasks] for a in arms}
         partial["+".join(map(str, SEEDS))] = {
             "tasks": len(tasks),
             **{a: mean(f1[a]) for a in arms},

@@ -24,7 +24,14 @@ from promptmii.corpus import BuildConfig
 from promptmii.data import Task, draw, load_tasks
 from promptmii.errors import DataError, PromptMIIError, first_line
 from promptmii.evaluate import DECODING
-from promptmii.experiment import DEFAULT_METHODS_UNTRAINED, Backends, EvalConfig, result_keys, run_eval
+from promptmii.experiment import (
+    DEFAULT_METHODS_UNTRAINED,
+    GENERATOR_ROLE,
+    Backends,
+    EvalConfig,
+    result_keys,
+    run_eval,
+)
 from promptmii.expert_iteration import ExpertIterationConfig
 from promptmii.induce import induce
 from promptmii.instruction_file import InstructionFile, evaluation_table, load_instruction_file
@@ -183,7 +190,7 @@ def induce_cmd(
         directory = Path(output or f"runs/induce-{task.id}")
         # the trained generator when it is configured and asked for, else the untrained one
         method = "promptmii" if config.generator and "promptmii" in config.methods else "promptmii-zero"
-        role = "generator" if method == "promptmii" else "base_generator"
+        role = GENERATOR_ROLE[method]
         if no_eval:
             shots, _ = draw(task, config.n, 0, config.seed)
             instruction = induce(shots, task.labels, backends.get(role), config.induce_config)
