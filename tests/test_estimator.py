@@ -38,6 +38,16 @@ def classifier(**params: object) -> PromptMIIClassifier:
     return PromptMIIClassifier(**({"generator": "fake:generator", "follower": "fake:follower", "n": 8} | params))
 
 
+def test_the_default_generator_is_the_one_promptmii_induce_runs() -> None:
+    from promptmii import models
+    from promptmii.experiment import DEFAULT_BACKEND, EvalConfig
+
+    expected = EvalConfig().generator or DEFAULT_BACKEND
+    assert PromptMIIClassifier().generator == expected
+    if models.shipped_adapters():  # the package ships one today: the estimator must not fall back to the untrained model
+        assert expected == models.default_generator() != DEFAULT_BACKEND
+
+
 def test_fit_is_one_generator_call_on_a_seeded_sample_of_n_rows(models: dict[str, FakeBackend]) -> None:
     texts, y = data()
     clf = classifier(seed=3, cache=False).fit(texts, y)

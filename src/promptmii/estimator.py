@@ -28,7 +28,7 @@ from promptmii.classify import DEFAULT_CHUNK, Labeller, check_follower, load_fol
 from promptmii.data import Example, clashing_labels
 from promptmii.errors import BackendError, DataError, PromptMIIError
 from promptmii.evaluate import DECODING
-from promptmii.experiment import DEFAULT_BACKEND
+from promptmii.experiment import DEFAULT_BACKEND, DEFAULT_GENERATOR
 from promptmii.induce import InduceConfig, induce
 from promptmii.instruction_file import InstructionFile, load_instruction_file
 from promptmii.metrics import macro_f1
@@ -44,6 +44,9 @@ except ImportError:
 
 log = logging.getLogger(__name__)
 
+# The generator `promptmii induce` runs: the shipped trained one, else the untrained bundled model.
+DEFAULT_FIT_GENERATOR = DEFAULT_GENERATOR or DEFAULT_BACKEND
+
 PARAMS = ("generator", "follower", "n", "template", "seed", "decoding", "max_instruction_tokens", "cache")
 
 
@@ -56,7 +59,7 @@ class PromptMIIClassifier(*_BASES):  # type: ignore[misc]
 
     def __init__(
         self,
-        generator: str = DEFAULT_BACKEND,
+        generator: str = DEFAULT_FIT_GENERATOR,
         follower: str = DEFAULT_BACKEND,
         n: int = 20,
         template: str | None = None,

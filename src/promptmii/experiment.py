@@ -65,6 +65,10 @@ GENERATOR_ROLE = {
 
 @dataclass(frozen=True)
 class EvalConfig:
+    """What `promptmii eval` runs. `generator` (method promptmii) and `base_generator` (promptmii-zero, APE, GEPA)
+    are separate fields: setting base_generator here does not change the trained generator, unlike the CLI's
+    lone --base-generator, which also drops the shipped adapter (a LoRA for the bundled 1.5B only)."""
+
     methods: tuple[str, ...] = field(default=DEFAULT_METHODS, metadata={"help": f"Comma-separated: {METHOD_HELP}."})
     n: int = field(default=20, metadata={"help": "Labelled examples shown to the generator (icl's default K)."})
     m: int = field(default=100, metadata={"help": "Held-out examples scored per task."})
