@@ -44,7 +44,9 @@ def test_the_default_generator_is_the_one_promptmii_induce_runs() -> None:
 
     expected = EvalConfig().generator or DEFAULT_BACKEND
     assert PromptMIIClassifier().generator == expected
-    if models.shipped_adapters():  # the package ships one today: the estimator must not fall back to the untrained model
+    if (
+        models.shipped_adapters()
+    ):  # the package ships one today: the estimator must not fall back to the untrained model
         assert expected == models.default_generator() != DEFAULT_BACKEND
 
 
