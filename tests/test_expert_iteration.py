@@ -496,6 +496,32 @@ def test_the_recheck_stage_writes_a_line_per_winner_and_resumes(tmp_path: Path, 
     assert all(ei.rechecked(r) for r in records)
 
 
+def test_a_later_round_carries_the_previous_rounds_pool_c_scores(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    follower = FakeBackend("follower", rule=lambda chat: "positive")
+    monkeypatch.setattr(ei, "get_backend", lambda spec: follower)
+    before = tmp_path / "round1"
+    before.mkdir()
+    ei._write_config(before, config(tmp_path, output=str(before), m_recheck=10))
+    same = {"task": "train0", "instruction": "Say positive for praise, task 0.", "m": 10}
+    other = {"task": "train1", "instruction": "An older winner.", "m": 10}
+    (before / ei.RECHECK_LOG).write_text(
+        json.dumps(same | {"naive_f1_c": 0.3, "f1_c": 0.9, "invalid_c": 0.0})
+        + "\n"
+        + json.dumps(other | {"naive_f1_c": 0.2, "f1_c": 0.1, "invalid_c": 0.0})
+        + "\n",
+        encoding="utf-8",
+    )
+    cfg, records = collected_run(tmp_path, m_recheck=10, previous=str(before))
+    records = ei.recheck(cfg, records, quiet=True)
+    carried, scored = read_jsonl(Path(cfg.output) / ei.RECHECK_LOG)
+    assert carried["carried_from"] == str(before) and carried["f1_c"] == 0.9  # the same winner: no call at all
+    assert scored["task"] == "train1" and scored["naive_f1_c"] == 0.2 < scored["f1_c"]  # a new winner: Naive carried
+    assert len(follower.calls) == 10  # only train1's winner on pool C
+    assert [r["winner"] for r in records] == [0, 0]  # .9 > .3, and the new winner beats the carried .2
+    # another pool C (m_recheck differs) carries nothing
+    assert ei.previous_rechecks(config(tmp_path, previous=str(before), m_recheck=20)) == {}
+
+
 def test_the_recheck_stage_stops_when_every_call_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     follower = FakeBackend("follower", rule=lambda chat: "positive", fail_when=lambda chat: "task 1" in str(chat))
     monkeypatch.setattr(ei, "get_backend", lambda spec: follower)

@@ -19,7 +19,7 @@ the same follower budget on fewer, better-measured decisions:
    on the validation split; `selection.json` promotes it only if it beats both.
 5. **Ship** (`ship`): copy a promoted adapter into the package with its sha256 in a manifest.
 6. **Repeat** (`--previous RUN`): a later round samples with the previous round's adapter on the same
-   pools, carries that round's Naive scores and scored candidates into each task's record, and so
+   pools, carries that round's Naive scores, scored candidates and pool-C rechecks, and so
    fine-tunes the base on the best confirmed instruction of all rounds.
 
 Task hygiene is counted, never silent: a task whose labels the follower cannot emit, or where every
@@ -392,6 +392,10 @@ def recheck(config: ExpertIterationConfig, records: list[dict[str, Any]], *, qui
     One recheck.jsonl line per task (flushed); a winner already rechecked is skipped, a failed follower call
     leaves its task for the next run. A winner that loses to Naive on pool C gives no training row, and the
     task's next-best candidate is not tried: it has no pool-C score.
+
+    A later round scores on the previous round's pool C (same pools, same m_recheck), so it carries that
+    round's pool-C scores instead of asking the follower again: the whole line when the winner is the same
+    instruction, Naive's score when only the winner changed.
     """
     if config.m_recheck < 1:
         raise PromptMIIError("the recheck stage needs --m-recheck (examples in pool C), e.g. 40")
@@ -401,25 +405,39 @@ def recheck(config: ExpertIterationConfig, records: list[dict[str, Any]], *, qui
     set_aside_partial_line(path)
     tasks = {t.id: t for t in load_tasks(config.corpus, split="train")}
     todo = [r for r in records if not rechecked(r)]
+    carried = previous_rechecks(config)
     if todo:
         follower = CachedBackend(get_backend(config.follower), models.promptmii_home() / "cache.sqlite")
         for record in tqdm(todo, desc="recheck", unit="task", disable=quiet):
             instruction = record["candidates"][winner_before_recheck(record)]["instruction"]
-            line = recheck_task(tasks[record["task"]], instruction, config, follower)
+            before = carried.get(record["task"])
+            if before is not None and before["instruction"] == instruction:
+                line: dict | None = before | {"carried_from": config.previous}
+            else:
+                naive_f1_c = before["naive_f1_c"] if before is not None else None
+                line = recheck_task(tasks[record["task"]], instruction, config, follower, naive_f1_c=naive_f1_c)
             if line is not None:
                 append_lines(path, [line])
     return read_records(out / COLLECT_LOG)
 
 
-def recheck_task(task: Task, instruction: str, config: ExpertIterationConfig, follower: Backend) -> dict | None:
+def recheck_task(
+    task: Task,
+    instruction: str,
+    config: ExpertIterationConfig,
+    follower: Backend,
+    *,
+    naive_f1_c: float | None = None,
+) -> dict | None:
     """Naive's and the instruction's macro-F1 on the task's pool C; None if some follower call failed.
 
+    naive_f1_c: Naive's pool-C score when a previous round already has it (Naive is not run again).
     Every call failing raises BackendError and stops the stage, as in collect: the backend is down.
     """
     pool_c = recheck_pool(task, config)
-    naive = run_follower(follower, prompts.NAIVE_INSTRUCTION, task.labels, pool_c)
+    naive = None if naive_f1_c is not None else run_follower(follower, prompts.NAIVE_INSTRUCTION, task.labels, pool_c)
     winner = run_follower(follower, instruction, task.labels, pool_c)
-    errors = naive.errors + winner.errors
+    errors = (naive.errors if naive else []) + winner.errors
     if any(errors):
         log.warning("%s: follower failed on pool C (%s); retried next run", task.id, _first(errors))
         return None
@@ -427,7 +445,7 @@ def recheck_task(task: Task, instruction: str, config: ExpertIterationConfig, fo
         "task": task.id,
         "instruction": instruction,
         "m": len(pool_c),
-        "naive_f1_c": round(naive.scores.macro_f1, 4),
+        "naive_f1_c": round(naive.scores.macro_f1, 4) if naive else naive_f1_c,
         "f1_c": round(winner.scores.macro_f1, 4),
         "invalid_c": round(winner.scores.invalid_rate, 4),
     }
@@ -471,6 +489,21 @@ def previous_records(config: ExpertIterationConfig) -> dict[str, dict[str, Any]]
     if not (run / models.EXPORTED_ADAPTER).is_file():
         raise PromptMIIError(f"{run}: no {models.EXPORTED_ADAPTER} to sample with; run its validate stage first")
     return {r["task"]: r for r in read_records(run / COLLECT_LOG)}
+
+
+def previous_rechecks(config: ExpertIterationConfig) -> dict[str, dict[str, Any]]:
+    """Task -> the previous round's pool-C line (the last one of a task); {} in round 1 or if pool C differs.
+
+    previous_records has checked that the pools A and B are the same; pool C is the m_recheck examples
+    after them, so it is the same pool when m_recheck is.
+    """
+    if not config.previous:
+        return {}
+    run = Path(config.previous)
+    path = run / RECHECK_LOG
+    if not path.is_file() or _stored_config(run).get("m_recheck") != config.m_recheck:
+        return {}
+    return {line["task"]: line for line in read_jsonl(path)}
 
 
 def run_round(config: ExpertIterationConfig) -> int:
