@@ -518,8 +518,10 @@ def test_a_later_round_carries_the_previous_rounds_pool_c_scores(tmp_path: Path,
     assert scored["task"] == "train1" and scored["naive_f1_c"] == 0.2 < scored["f1_c"]  # a new winner: Naive carried
     assert len(follower.calls) == 10  # only train1's winner on pool C
     assert [r["winner"] for r in records] == [0, 0]  # .9 > .3, and the new winner beats the carried .2
-    # another pool C (m_recheck differs) carries nothing
+    # another pool C (m_recheck differs) carries nothing; other pools A and B are refused, as for the candidates
     assert ei.previous_rechecks(config(tmp_path, previous=str(before), m_recheck=20)) == {}
+    with pytest.raises(PromptMIIError, match="previous round differs"):
+        ei.previous_rechecks(config(tmp_path, previous=str(before), m_recheck=10, m_select=8))
 
 
 def test_the_recheck_stage_stops_when_every_call_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

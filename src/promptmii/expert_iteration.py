@@ -477,15 +477,7 @@ def previous_records(config: ExpertIterationConfig) -> dict[str, dict[str, Any]]
     """Task -> the previous round's record, after checking that round scored on the same pools; {} in round 1."""
     if not config.previous:
         return {}
-    run = Path(config.previous)
-    stored = _stored_config(run)
-    differ = [
-        f"{k} {stored.get(k)!r} there, {getattr(config, k)!r} here"
-        for k in SHARED_WITH_PREVIOUS
-        if stored.get(k) != getattr(config, k)
-    ]
-    if differ:
-        raise PromptMIIError(f"{run}: the previous round differs ({'; '.join(differ)}); its scores would not compare")
+    run = _previous_run(config)
     if not (run / models.EXPORTED_ADAPTER).is_file():
         raise PromptMIIError(f"{run}: no {models.EXPORTED_ADAPTER} to sample with; run its validate stage first")
     return {r["task"]: r for r in read_records(run / COLLECT_LOG)}
@@ -494,16 +486,30 @@ def previous_records(config: ExpertIterationConfig) -> dict[str, dict[str, Any]]
 def previous_rechecks(config: ExpertIterationConfig) -> dict[str, dict[str, Any]]:
     """Task -> the previous round's pool-C line (the last one of a task); {} in round 1 or if pool C differs.
 
-    previous_records has checked that the pools A and B are the same; pool C is the m_recheck examples
-    after them, so it is the same pool when m_recheck is.
+    Pool C is the m_recheck examples after pools A and B, so it is the same pool when the pools and
+    m_recheck are.
     """
     if not config.previous:
         return {}
-    run = Path(config.previous)
+    run = _previous_run(config)
     path = run / RECHECK_LOG
     if not path.is_file() or _stored_config(run).get("m_recheck") != config.m_recheck:
         return {}
     return {line["task"]: line for line in read_jsonl(path)}
+
+
+def _previous_run(config: ExpertIterationConfig) -> Path:
+    """The --previous run directory, after checking that it scored on the same pools (SHARED_WITH_PREVIOUS)."""
+    run = Path(config.previous or "")
+    stored = _stored_config(run)
+    differ = [
+        f"{k} {stored.get(k)!r} there, {getattr(config, k)!r} here"
+        for k in SHARED_WITH_PREVIOUS
+        if stored.get(k) != getattr(config, k)
+    ]
+    if differ:
+        raise PromptMIIError(f"{run}: the previous round differs ({'; '.join(differ)}); its scores would not compare")
+    return run
 
 
 def run_round(config: ExpertIterationConfig) -> int:
