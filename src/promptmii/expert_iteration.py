@@ -405,8 +405,8 @@ def recheck(config: ExpertIterationConfig, records: list[dict[str, Any]], *, qui
     set_aside_partial_line(path)
     tasks = {t.id: t for t in load_tasks(config.corpus, split="train")}
     todo = [r for r in records if not rechecked(r)]
-    carried = previous_rechecks(config)
     if todo:
+        carried = previous_rechecks(config)
         follower = CachedBackend(get_backend(config.follower), models.promptmii_home() / "cache.sqlite")
         for record in tqdm(todo, desc="recheck", unit="task", disable=quiet):
             instruction = record["candidates"][winner_before_recheck(record)]["instruction"]
@@ -462,8 +462,7 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     mid-write) is dropped so its task is redone. The task's line in recheck.jsonl beside it, if any, joins
     the record as `recheck` (the last line of a task counts).
     """
-    recheck_path = path.parent / RECHECK_LOG
-    rechecks = {r["task"]: r for r in read_jsonl(recheck_path)} if recheck_path.is_file() else {}
+    rechecks = read_rechecks(path.parent)
     records = []
     for record in read_jsonl(path) if path.is_file() else []:
         if record["task"] in rechecks:
@@ -492,10 +491,13 @@ def previous_rechecks(config: ExpertIterationConfig) -> dict[str, dict[str, Any]
     if not config.previous:
         return {}
     run = _previous_run(config)
+    return read_rechecks(run) if _stored_config(run).get("m_recheck") == config.m_recheck else {}
+
+
+def read_rechecks(run: Path) -> dict[str, dict[str, Any]]:
+    """Task -> its pool-C line in the run's recheck.jsonl (the last line of a task counts); {} without one."""
     path = run / RECHECK_LOG
-    if not path.is_file() or _stored_config(run).get("m_recheck") != config.m_recheck:
-        return {}
-    return {line["task"]: line for line in read_jsonl(path)}
+    return {line["task"]: line for line in read_jsonl(path)} if path.is_file() else {}
 
 
 def _previous_run(config: ExpertIterationConfig) -> Path:
