@@ -321,3 +321,21 @@ def test_report_without_its_extra_says_which(tmp_path: Path, register_backend, m
     line = error_line("report", str(runs), "-o", str(tmp_path / "report"))
     assert line == "Error: promptmii report needs matplotlib, which is not installed: pip install 'promptmii[report]'"
     assert not (tmp_path / "report").exists()
+
+
+def test_induce_with_check_says_whether_the_instruction_was_kept(tmp_path: Path, fakes: dict[str, str]) -> None:
+    data = write_examples(tmp_path / "reviews.csv")
+    result = induce_with_fakes(fakes, data, tmp_path / "out", "--methods", "naive,promptmii-zero+check", "-q")
+    assert result.exit_code == 0, result.output
+    assert "check on the 8 shown rows: instruction 1.000, Naive" in result.stderr
+    assert "the instruction is kept" in result.stderr
+    assert load_instruction_file(tmp_path / "out").instruction == HINT
+
+
+def test_induce_refuses_check_without_evaluation(tmp_path: Path, fakes: dict[str, str]) -> None:
+    data = write_examples(tmp_path / "reviews.csv")
+    result = induce_with_fakes(fakes, data, tmp_path / "out", "--methods", "promptmii-zero+check", "--no-eval")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "Error: promptmii-zero+check labels the shown rows with the follower; drop --no-eval or +check"
+    )

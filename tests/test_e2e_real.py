@@ -156,6 +156,23 @@ def test_induce_cli_on_the_readme_example(tmp_path: Path) -> None:
     assert rows["promptmii-zero"].instruction in result.stdout
 
 
+def test_induce_with_check_on_the_real_model(tmp_path: Path) -> None:
+    data = REPO / "examples" / "support_tickets.csv"
+    args = [
+        "induce", str(data), "--n", "4", "--m", "6", "--methods", "promptmii-zero+check", "--follower", MODEL,
+        "--base-generator", MODEL, "--max-instruction-tokens", "48", "-o", str(tmp_path / "out"), "-q",
+    ]  # fmt: skip
+    result = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    [row] = read_results(tmp_path / "out" / "results.jsonl")
+    check = row.check
+    assert row.method == "promptmii-zero+check" and check["n"] == 4 and check["instruction"]
+    assert check["kept"] == (check["instruction_macro_f1"] > check["naive_macro_f1"])
+    assert row.instruction == (check["instruction"] if check["kept"] else prompts.NAIVE_INSTRUCTION)
+    assert (row.generator_calls, row.follower_calls) == (1, 6 + 2 * 4)
+    assert f"check on the 4 shown rows: instruction {check['instruction_macro_f1']:.3f}" in result.stderr
+
+
 def sentiment_chats(prefix: str) -> list[list[dict[str, str]]]:
     return [prompts.follower_prompt(prefix, ("negative", "positive"), text) for text in POSITIVE + NEGATIVE]
 

@@ -203,3 +203,18 @@ def test_it_imports_and_works_without_scikit_learn() -> None:
     env_path = str(REPO / "src")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONPATH": env_path})
     assert done.stdout.strip() == "ok", done.stderr
+
+
+def test_fit_with_check_keeps_a_helpful_instruction_and_drops_a_useless_one(
+    models: dict[str, FakeBackend], register_backend
+) -> None:
+    texts, y = data()
+    kept = classifier(check=True, cache=False).fit(texts, y)
+    assert kept.instruction_.instruction == HINT
+    assert kept.check_["kept"] and kept.check_["n"] == 8 and kept.check_["instruction_macro_f1"] == 1.0
+    assert len(models["follower"].calls) == 16  # the 8 rows behind the instruction, then behind Naive
+    register_backend("fake:vague", FakeBackend("vague", rule=lambda chat: "Read the text."))
+    dropped = classifier(generator="fake:vague", check=True, cache=False).fit(texts, y)
+    assert dropped.check_["instruction"] == "Read the text." and not dropped.check_["kept"]
+    assert dropped.instruction_.instruction == "Classify the input."
+    assert classifier(cache=False).fit(texts, y).check_ is None

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 
 from conftest import SENTIMENT_WORDS
-from fakes import FakeBackend, keyword_rule
+from fakes import FakeBackend, keyword_rule, query_input
 from promptmii import prompts
 from promptmii.baselines import parse_method
 from promptmii.data import Task, draw, task_hash
 from promptmii.errors import BackendError, DataError, PromptMIIError
 from promptmii.evaluate import FOLLOWER_MAX_TOKENS
 from promptmii.experiment import Backends, EvalConfig, _fingerprint, result_keys, run_eval
+from promptmii.metrics import macro_f1
 from promptmii.results import ResultsDir, read_results
 
 HINT = "Decide the sentiment from the words love, great, hate and awful."
@@ -309,3 +310,58 @@ def test_promptmii_uses_the_given_generator_and_zero_the_base_one(tmp_path: Path
     assert (zero.generator, zero.instruction, zero.macro_f1) == ("base", "Classify.", pytest.approx(1 / 3))
     assert (trained_row.generator, trained_row.instruction, trained_row.macro_f1) == ("trained", HINT, 1.0)
     assert zero.fingerprint != trained_row.fingerprint
+
+
+def test_check_keeps_an_instruction_that_beats_naive_on_the_shown_examples(
+    tmp_path: Path, sentiment_task: Task
+) -> None:
+    config = EvalConfig(methods=("promptmii-zero", "promptmii-zero+check"), n=8, m=12, cache=False)
+    follower, generator = smart_follower(), FakeBackend("fake-generator", rule=lambda chat: HINT)
+    out = ResultsDir(tmp_path / "run")
+    plain, checked = run_eval([sentiment_task], config, out, backends=make_backends(config, follower, generator))
+    # on the 8 shown examples the hint labels every one right, Naive answers "positive" to all of them
+    shots, _ = draw(sentiment_task, 8, 12, seed=0)
+    naive_on_shots = round(macro_f1([e.label for e in shots], ["positive"] * 8), 4)
+    assert checked.check == {"instruction": HINT, "instruction_macro_f1": 1.0, "naive_macro_f1": naive_on_shots,
+                             "n": 8, "kept": True}  # fmt: skip
+    assert (checked.instruction, checked.macro_f1) == (HINT, plain.macro_f1) == (HINT, 1.0)
+    # one generator call, 2 x 8 follower calls on the shown examples, 12 on the scored ones
+    assert (checked.generator_calls, checked.follower_calls, checked.llm_calls) == (1, 28, 29)
+    assert checked.search_follower_calls == 0 and plain.check is None
+    assert checked.fingerprint != plain.fingerprint
+    assert read_results(out.results_path) == [plain, checked]
+
+
+def test_check_falls_back_to_naive_when_the_instruction_does_not_beat_it(tmp_path: Path, sentiment_task: Task) -> None:
+    config = EvalConfig(methods=("naive", "promptmii-zero+check"), n=8, m=12, cache=False)
+    generator = FakeBackend("fake-generator", rule=lambda chat: "Read the text and answer.")  # no hint: a tie
+    out = ResultsDir(tmp_path / "run")
+    naive, checked = run_eval(
+        [sentiment_task], config, out, backends=make_backends(config, smart_follower(), generator)
+    )
+    assert checked.check["instruction"] == "Read the text and answer." and checked.check["kept"] is False
+    assert checked.check["instruction_macro_f1"] == checked.check["naive_macro_f1"]
+    assert checked.instruction == prompts.NAIVE_INSTRUCTION
+    assert (checked.macro_f1, checked.prompt_tokens_per_query) == (naive.macro_f1, naive.prompt_tokens_per_query)
+
+
+def test_a_failed_follower_call_in_the_check_fails_the_row_and_the_next_run_retries_it(
+    tmp_path: Path, sentiment_task: Task
+) -> None:
+    config = EvalConfig(methods=("promptmii-zero+check",), n=8, m=12, cache=False)
+    shots, _ = draw(sentiment_task, 8, 12, seed=0)
+    flaky = smart_follower(fail_when=lambda chat: query_input(chat) == shots[0].text)
+    generator = FakeBackend("fake-generator", rule=lambda chat: HINT)
+    out = ResultsDir(tmp_path / "run")
+    [failed] = run_eval([sentiment_task], config, out, backends=make_backends(config, flaky, generator))
+    assert failed.failed and "follower calls of the check failed" in failed.error and failed.check is None
+    [retried] = run_eval([sentiment_task], config, out, backends=make_backends(config, smart_follower(), generator))
+    assert not retried.failed and retried.check["kept"] and retried.macro_f1 == 1.0
+
+
+def test_only_the_generator_methods_take_check() -> None:
+    assert parse_method("promptmii+check").spec == "promptmii+check" and parse_method("promptmii+check").check
+    assert parse_method("promptmii-zero+check").name == "promptmii-zero"
+    for spec in ("naive+check", "icl:20+check", "ape+check"):
+        with pytest.raises(PromptMIIError, match=re.escape("only promptmii-zero and promptmii take +check")):
+            parse_method(spec)

@@ -8,6 +8,8 @@ Each method only decides the prefix the follower sees (as in the reference, mill
 - promptmii:       an instruction from the given (trained) generator, one greedy call
 - ape, gepa:       an instruction found by test-time search with the base generator (promptmii.search),
                    hundreds to thousands of calls; what the one call above is measured against
+- promptmii+check, promptmii-zero+check: the same instruction, kept only if it beats Naive on the n shown
+                   examples (promptmii.check; 2n follower calls), else Naive
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from pathlib import Path
 
 from promptmii import prompts
 from promptmii.backends import Backend
+from promptmii.check import CheckOutcome, check_against_naive
 from promptmii.data import Example
 from promptmii.errors import PromptMIIError
 from promptmii.evaluate import FOLLOWER_MAX_TOKENS, Spend
@@ -29,16 +32,21 @@ from promptmii.search import SEARCH_METHODS, SearchConfig, SearchOutcome, run_se
 log = logging.getLogger(__name__)
 
 METHODS = ("naive", "icl", "promptmii-zero", "promptmii", *SEARCH_METHODS)
-METHOD_HELP = ", ".join(f"{m}[:K]" if m == "icl" else m for m in METHODS)  # for --help and errors
+CHECK_SUFFIX = "+check"  # after promptmii or promptmii-zero: check the instruction against Naive (promptmii.check)
+CHECKABLE = ("promptmii-zero", "promptmii")
+METHOD_HELP = ", ".join(f"{m}[:K]" if m == "icl" else f"{m}[{CHECK_SUFFIX}]" if m in CHECKABLE else m for m in METHODS)
 
 
 @dataclass(frozen=True)
 class Method:
     name: str  # one of METHODS
     shots: int | None = None  # icl:k; None = the run's n
+    check: bool = False  # promptmii(-zero)+check
 
     @property
     def spec(self) -> str:
+        if self.check:
+            return self.name + CHECK_SUFFIX
         return f"{self.name}:{self.shots}" if self.shots is not None else self.name
 
     def n_shots(self, n: int) -> int:
@@ -47,8 +55,14 @@ class Method:
 
 
 def parse_method(spec: str) -> Method:
-    """'naive', 'icl', 'icl:100', 'promptmii-zero', 'promptmii', 'ape', 'gepa' -> Method (did-you-mean on typos)."""
-    name, _, arg = spec.strip().partition(":")
+    """'naive', 'icl', 'icl:100', 'promptmii-zero', 'promptmii+check', 'ape', ... -> Method (did-you-mean on typos)."""
+    spec = spec.strip()
+    if spec.endswith(CHECK_SUFFIX):
+        method = parse_method(spec.removesuffix(CHECK_SUFFIX))
+        if method.name not in CHECKABLE or method.shots is not None:
+            raise PromptMIIError(f"method '{spec}': only {' and '.join(CHECKABLE)} take {CHECK_SUFFIX}")
+        return Method(method.name, check=True)
+    name, _, arg = spec.partition(":")
     if name not in METHODS:
         close = difflib.get_close_matches(name, METHODS, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
@@ -71,6 +85,7 @@ class Prefix:
     spend: Spend = field(default_factory=Spend)  # LLM calls made to write the prefix (none for naive and icl)
     search: SearchOutcome | None = None
     failure: str | None = None  # why there is no usable prefix (a failed or empty generator reply): a failed row
+    check: CheckOutcome | None = None  # method+check: the instruction's and Naive's scores on the shown examples
 
 
 def build_prefix(
@@ -85,6 +100,7 @@ def build_prefix(
     template: Template | None = None,
     search_config: SearchConfig | None = None,
     search_dir: Path | None = None,
+    decoding: str = "generate",
     quiet: bool = True,
 ) -> Prefix:
     """The prefix of `method`, given the run's shots (`shots` holds the first n_shots examples).
@@ -134,7 +150,18 @@ def build_prefix(
         cache_hits=int(instruction.cached),
         seconds=instruction.seconds,
     )
-    return Prefix(instruction.text, instruction.n_examples, instruction, tuple(warnings), spend, failure=failure)
+    if not method.check or failure:
+        return Prefix(instruction.text, instruction.n_examples, instruction, tuple(warnings), spend, failure=failure)
+    # the check labels all the shown examples, also any the meta-prompt had to leave out: they are the user's data
+    check = check_against_naive(instruction.text, shots, labels, follower, decoding=decoding)
+    spend.follower_calls += check.spend.follower_calls
+    spend.follower_prompt_tokens += check.spend.follower_prompt_tokens
+    spend.follower_completion_tokens += check.spend.follower_completion_tokens
+    spend.cache_hits += check.spend.cache_hits
+    spend.seconds += check.spend.seconds
+    return Prefix(
+        check.prefix, instruction.n_examples, instruction, tuple(warnings), spend, failure=check.error, check=check
+    )
 
 
 def _icl_prefix(shots: list[Example], labels: tuple[str, ...], follower: Backend, longest_input: str) -> Prefix:

@@ -19,6 +19,7 @@ import click
 
 from promptmii import models, prompts
 from promptmii.backends import redact
+from promptmii.baselines import CHECK_SUFFIX
 from promptmii.classify import OUTPUT_FORMATS, ClassifyConfig, classify
 from promptmii.corpus import BuildConfig
 from promptmii.data import Task, draw, load_tasks
@@ -188,9 +189,13 @@ def induce_cmd(
         [task] = tasks
         backends = Backends(config)
         directory = Path(output or f"runs/induce-{task.id}")
-        # the trained generator when it is configured and asked for, else the untrained one
-        method = "promptmii" if config.generator and "promptmii" in config.methods else "promptmii-zero"
-        role = GENERATOR_ROLE[method]
+        # the trained generator when it is configured and asked for, else the untrained one; +check if asked
+        asked = config.parsed_methods
+        name = "promptmii" if config.generator and any(m.name == "promptmii" for m in asked) else "promptmii-zero"
+        role = GENERATOR_ROLE[name]
+        method = next((m.spec for m in asked if m.name == name and m.check), name)
+        if no_eval and method.endswith(CHECK_SUFFIX):
+            raise PromptMIIError(f"{method} labels the shown rows with the follower; drop --no-eval or {CHECK_SUFFIX}")
         if no_eval:
             shots, _ = draw(task, config.n, 0, config.seed)
             instruction = induce(shots, task.labels, backends.get(role), config.induce_config)
@@ -207,7 +212,15 @@ def induce_cmd(
         rows = _requested_rows(out, result_keys([task], config, backends, out))
         fmt = fmt or ("table" if sys.stdout.isatty() else "jsonl")
         _emit(rows, fmt, show_task=False)
-        instruction = next((r.instruction for r in rows if r.method == method), None)
+        row = next((r for r in rows if r.method == method), None)
+        instruction = row.instruction if row else None
+        if row and row.check:
+            verdict = "the instruction is kept" if row.check["kept"] else "Naive's prefix is used instead"
+            click.echo(
+                f"check on the {row.check['n']} shown rows: instruction {row.check['instruction_macro_f1']:.3f}, "
+                f"Naive {row.check['naive_macro_f1']:.3f} macro-F1; {verdict}",
+                err=True,
+            )
         if fmt == "table" and instruction is not None:
             click.echo(f"\nInstruction ({redact(getattr(config, role))}):\n\n{instruction}")
         click.echo(f"\nrows: {out.results_path}  samples: {out.samples_path}", err=True)

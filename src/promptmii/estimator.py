@@ -24,6 +24,7 @@ import numpy as np
 
 from promptmii import metaprompts, prompts
 from promptmii.backends import Backend
+from promptmii.check import check_against_naive
 from promptmii.classify import DEFAULT_CHUNK, Labeller, check_follower, load_follower
 from promptmii.data import Example, clashing_labels
 from promptmii.errors import BackendError, DataError, PromptMIIError
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 # The generator `promptmii induce` runs: the shipped trained one, else the untrained bundled model.
 DEFAULT_FIT_GENERATOR = DEFAULT_GENERATOR or DEFAULT_BACKEND
 
-PARAMS = ("generator", "follower", "n", "template", "seed", "decoding", "max_instruction_tokens", "cache")
+PARAMS = ("generator", "follower", "n", "template", "seed", "decoding", "max_instruction_tokens", "cache", "check")
 
 
 class PromptMIIClassifier(*_BASES):  # type: ignore[misc]
@@ -67,6 +68,7 @@ class PromptMIIClassifier(*_BASES):  # type: ignore[misc]
         decoding: str = "generate",
         max_instruction_tokens: int = 1024,
         cache: bool = True,
+        check: bool = False,
     ):
         # scikit-learn's rule: store the parameters as given, check them in fit.
         self.generator = generator
@@ -77,6 +79,7 @@ class PromptMIIClassifier(*_BASES):  # type: ignore[misc]
         self.decoding = decoding
         self.max_instruction_tokens = max_instruction_tokens
         self.cache = cache
+        self.check = check  # keep the instruction only if it beats Naive on the n rows (promptmii.check)
 
     # ------------------------------------------------------------ scikit-learn's parameter protocol
 
@@ -114,10 +117,19 @@ class PromptMIIClassifier(*_BASES):  # type: ignore[misc]
         made = induce(shots, labels, generator, config)
         if made.error or not made.text:
             raise BackendError(f"fit: the generator call failed ({made.error or 'it wrote an empty instruction'})")
+        instruction, self.check_ = made.text, None
+        if self.check:
+            outcome = check_against_naive(
+                made.text, shots, labels, self._backend(self.follower), decoding=self.decoding
+            )
+            if outcome.error:
+                raise BackendError(f"fit: {outcome.error}")
+            instruction = outcome.prefix
+            self.check_ = outcome.as_record()
         typed = not all(isinstance(v, str) for v in classes)
         self._set_fitted(
             InstructionFile(
-                instruction=made.text,
+                instruction=instruction,
                 labels=labels,
                 format_constraint=prompts.format_constraint(labels),
                 follower=self.follower,

@@ -266,6 +266,7 @@ def _evaluate_task(
             template=backends.template(role) if role and method.name not in SEARCH_METHODS else None,
             search_config=config.search_config,
             search_dir=directory / "search" / f"{task.id}.{method.spec}.{fp}",
+            decoding=config.decoding,
             quiet=quiet,
         )
         warnings = list(prefix.warnings) + warnings_m
@@ -317,13 +318,14 @@ def _evaluate_task(
             decoding=config.decoding,
             token_counter=follower.token_counter,
             search_budget=search.budget if search else None,
-            search_follower_calls=spend.follower_calls,
+            search_follower_calls=spend.follower_calls if search else 0,
             budget_exhausted=search.budget_exhausted if search else False,
             candidates=len(search.candidates) if search else 0,
             generator_follower=_redacted(models.trained_for(config.generator)) if role == "generator" else None,
             model_seconds=round(run.seconds + spend.seconds, 3),
             template=prefix.instruction.template if prefix.instruction else None,
             template_sha256=prefix.instruction.template_sha256 if prefix.instruction else None,
+            check=prefix.check.as_record() if prefix.check and not prefix.check.error else None,
             status=FAILED if error else DONE,
             error=error,
             data_hash=data,
@@ -361,6 +363,8 @@ def _fingerprint(method: Method, config: EvalConfig, backends: Backends, data: s
     elif role:
         template = backends.template(role)
         settings |= {"template": template.name, "max_tokens": config.max_instruction_tokens}
+        if method.check:  # only when set, so rows of the plain methods keep their fingerprints
+            settings["check"] = True
         if data is not None:  # rows from before schema 4 named their template but did not hash it
             settings["template_sha256"] = template.sha256
     if data is not None:

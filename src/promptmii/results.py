@@ -95,6 +95,9 @@ class Result:
     # its name (a built-in, tuned/NAME, home/NAME or a file) and the sha256 of the text the generator saw.
     template: str | None = None
     template_sha256: str | None = None
+    # method+check (promptmii.check): the induced instruction, its and Naive's macro-F1 on the n shown examples,
+    # and whether it was kept; `instruction` holds the prefix the follower was given (Naive's if it was not).
+    check: dict[str, Any] | None = None
     # done | failed. A failed row's numbers are not results: `error` says why, means leave it out and
     # the next run computes it again (schema 4; older rows get theirs from their warnings when read).
     status: str = DONE
