@@ -154,11 +154,7 @@ def build_prefix(
         return Prefix(instruction.text, instruction.n_examples, instruction, tuple(warnings), spend, failure=failure)
     # the check labels all the shown examples, also any the meta-prompt had to leave out: they are the user's data
     check = check_against_naive(instruction.text, shots, labels, follower, decoding=decoding)
-    spend.follower_calls += check.spend.follower_calls
-    spend.follower_prompt_tokens += check.spend.follower_prompt_tokens
-    spend.follower_completion_tokens += check.spend.follower_completion_tokens
-    spend.cache_hits += check.spend.cache_hits
-    spend.seconds += check.spend.seconds
+    spend.add(check.spend)
     return Prefix(
         check.prefix, instruction.n_examples, instruction, tuple(warnings), spend, failure=check.error, check=check
     )

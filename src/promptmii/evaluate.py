@@ -13,7 +13,7 @@ invalid answer is impossible; `constrained` generates under a grammar that admit
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
 from tqdm import tqdm
 
@@ -73,6 +73,11 @@ class Spend:
         self.generator_prompt_tokens += generation.prompt_tokens
         self.generator_completion_tokens += generation.completion_tokens
         self.cache_hits += generation.cached
+
+    def add(self, other: Spend) -> None:
+        """Another step's calls, tokens and time (a check after the generator call)."""
+        for spec in fields(self):
+            setattr(self, spec.name, getattr(self, spec.name) + getattr(other, spec.name))
 
     def add_run(self, run: FollowerRun) -> None:
         self.follower_calls += run.calls

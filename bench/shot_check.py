@@ -1,0 +1,264 @@
+"""Does checking an induced instruction on the shown examples, and falling back to Naive, help?
+
+On about half the tasks an instruction from the 1.5B generator, trained or not, scores below Naive's
+"Classify the input." with the bundled follower, and on the others above it (docs/training.md, round 3).
+A user who has n labelled examples can tell the two apart at the cost of 2n follower calls: score the
+induced instruction and Naive on those n examples and keep the instruction only if it scores higher.
+
+The rule (promptmii.check.keeps_instruction, the methods promptmii+check and promptmii-zero+check) was fixed
+before any figure was seen: keep the instruction if its macro-F1 on the n shown examples is strictly above
+Naive's there, else use Naive (a tie goes to Naive, the shorter prompt). Nothing is tuned on these figures.
+
+Each arm's greedy instruction and its score on held-out examples come from committed rows, so only the
+follower's answers on the shown examples run here (the generator saw those examples; the scored ones
+are disjoint from them). trained = the shipped adapter promptmii-1.5b-ei, zero = its base, the 1.5B, both
+with the `criteria` template:
+
+- train, 46 tasks, seed 0: the candidates of bench/runs/expert_iteration_r3/collect.jsonl (zero = round 1's
+  greedy, trained = round 3's greedy, written by the shipped adapter), scored on pool A (20 examples). The
+  adapter was fine-tuned on 23 of these tasks (`in_training`); the other 23 are unseen by it;
+- validation, 8 tasks, seed 0: bench/runs/expert_iteration_r2/validation (the gate's rows, m=100);
+- test, 23 tasks, seeds 0 and 1: bench/runs/trained_vs_zero (m=100); Naive from bench/runs/spine at seed 0.
+
+    python bench/shot_check.py                    # runs the shown-example scores (resumes), then summarizes
+    python bench/shot_check.py --summarize-only
+
+Rows go to bench/runs/shot_check/rows.jsonl; the summary to bench/results/shot_check.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from _common import CORPUS, ROOT, machine, mean, paired_test, rows, write_json
+from promptmii import models, prompts
+from promptmii.check import keeps_instruction
+from promptmii.classify import load_follower
+from promptmii.data import Example, Task, draw, load_tasks
+from promptmii.evaluate import run_follower
+from promptmii.expert_iteration import pick_winner, pools
+from promptmii.results import Result, read_jsonl
+
+FOLLOWER = f"llamacpp:{models.DEFAULT_MODEL}"
+N = 20
+RUNS = ROOT / "runs"
+TRAINED = "expert_iteration_r2-lora@93b04f6c40e8"  # the shipped promptmii-1.5b-ei (sha256 93b04f6c...)
+COLLECTION = RUNS / "expert_iteration_r3" / "collect.jsonl"  # candidates of rounds 1-3 on the train tasks
+SHIPPED_ROUND = RUNS / "expert_iteration_r2" / "collect.jsonl"  # the round whose winners trained the adapter
+# split -> seed -> arm -> the run holding its committed m=100 row
+EVAL_SOURCES = {
+    "validation": {0: dict.fromkeys(("naive", "zero", "trained"), RUNS / "expert_iteration_r2" / "validation")},
+    "test": {
+        0: {"naive": RUNS / "spine", "zero": RUNS / "trained_vs_zero", "trained": RUNS / "trained_vs_zero"},
+        1: dict.fromkeys(("naive", "zero", "trained"), RUNS / "trained_vs_zero"),
+    },
+}
+SPLITS = ("train", "validation", "test")
+PREFIXES = ("naive", "zero", "trained")
+GENERATOR_ARMS = ("zero", "trained")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One arm's prefix on one task and seed, with its committed score on held-out examples."""
+
+    prefix: str
+    macro_f1: float
+    tokens: int | None  # follower prompt tokens per query (not recorded by the collection)
+
+
+@dataclass(frozen=True)
+class Cell:
+    split: str
+    task: Task
+    seed: int
+    shots: list[Example]
+    arms: dict[str, Scored]
+    in_training: bool = False  # a train task the adapter was fine-tuned on
+
+
+def committed(directory: Path, arm: str, task_id: str, seed: int) -> Result:
+    """The committed row of one arm, task and seed run at m=100 (cb has 56 test rows and scored them all)."""
+
+    def wanted(r: Result) -> bool:
+        if (r.task, r.seed, r.config.get("m")) != (task_id, seed, 100) or (r.n_shots != N and arm != "naive"):
+            return False
+        if arm == "naive":
+            return r.method == "naive"
+        template_ok = r.config.get("template") == "criteria"
+        if arm == "zero":
+            return r.method == "promptmii-zero" and template_ok and (r.generator or "").startswith("qwen2.5-coder-1.5b")
+        return r.method == "promptmii" and template_ok and (r.generator or "") == TRAINED
+
+    found = [r for r in rows(directory / "results.jsonl") if wanted(r)]
+    if not found:
+        raise SystemExit(f"no committed {arm} row for {task_id} at seed {seed} in {directory}")
+    return found[-1]
+
+
+def eval_cells(corpus: str, split: str) -> list[Cell]:
+    cells = []
+    for task in load_tasks(corpus, split=split):
+        for seed, sources in EVAL_SOURCES[split].items():
+            row_of = {arm: committed(sources[arm], arm, task.id, seed) for arm in PREFIXES}
+            arms = {a: Scored(r.instruction if a != "naive" else prompts.NAIVE_INSTRUCTION, r.macro_f1,
+                              r.prompt_tokens_per_query) for a, r in row_of.items()}  # fmt: skip
+            cells.append(Cell(split, task, seed, draw(task, N, 100, seed)[0], arms))
+    return cells
+
+
+def train_cells(corpus: str) -> list[Cell]:
+    """The train tasks: greedy `criteria` candidates of round 1 (base) and round 3 (shipped adapter), pool A."""
+    tasks = {t.id: t for t in load_tasks(corpus, split="train")}
+    trained_on = {r["task"] for r in read_jsonl(SHIPPED_ROUND) if _kept_in(r)}
+    cells = []
+    for record in read_jsonl(COLLECTION):
+        greedy = {c["round"]: c for c in record["candidates"] if c["template"] == "criteria" and c["sample"] == 0}
+        picked = {"zero": greedy.get(1), "trained": greedy.get(3)}
+        if any(c is None or not c["usable"] for c in picked.values()):
+            continue  # an instruction cut at the length limit has no pool-A score
+        task = tasks[record["task"]]
+        arms = {"naive": Scored(prompts.NAIVE_INSTRUCTION, record["naive"]["f1_a"], None)}
+        arms |= {a: Scored(c["instruction"], c["f1_a"], None) for a, c in picked.items()}
+        shots = pools(task, N, 20, 20, 0)[0]
+        cells.append(Cell("train", task, 0, shots, arms, in_training=task.id in trained_on))
+    return cells
+
+
+def _kept_in(record: dict) -> bool:
+    """Whether round 2's rechecked collection gave the task a training row (the shipped adapter's data)."""
+    rechecks = {r["task"]: r for r in read_jsonl(SHIPPED_ROUND.parent / "recheck.jsonl")}
+    record = record | ({"recheck": rechecks[record["task"]]} if record["task"] in rechecks else {})
+    return pick_winner(record)[0] is not None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", default=str(CORPUS))
+    parser.add_argument("--rows", default=str(RUNS / "shot_check" / "rows.jsonl"))
+    parser.add_argument("--out", default=str(ROOT / "results" / "shot_check.json"))
+    parser.add_argument("--splits", default=",".join(SPLITS), help="splits to run, comma-separated")
+    parser.add_argument("--summarize-only", action="store_true")
+    args = parser.parse_args()
+
+    rows_path = Path(args.rows)
+    found = read_jsonl(rows_path) if rows_path.exists() else []
+    done = {(r["split"], r["task"], r["seed"], r["prefix"]) for r in found}
+    follower = None if args.summarize_only else load_follower(FOLLOWER, cache=True)
+    cells = [c for split in ("validation", "test") for c in eval_cells(args.corpus, split)] + train_cells(args.corpus)
+    # the train tasks the adapter has not seen first, then arm by arm, the trained one before Zero: a run stopped
+    # early leaves whole arms on the cells that say most
+    groups = [(split, seen) for split in args.splits.split(",") for seen in (False, True)]
+    for split, seen in groups:
+        for prefix in ("naive", "trained", "zero"):
+            for cell in (c for c in cells if c.split == split and c.in_training == seen):
+                if follower is None or (split, cell.task.id, cell.seed, prefix) in done:
+                    continue
+                run = run_follower(follower, cell.arms[prefix].prefix, cell.task.labels, cell.shots,
+                                   desc=f"{split} {cell.task.id} {cell.seed} {prefix}")  # fmt: skip
+                if failed := [e for e in run.errors if e]:  # not a result: asked again on the next run
+                    print(f"{cell.task.id} {prefix}: {len(failed)} follower calls failed ({failed[0]}); not stored")
+                    continue
+                row = {"split": split, "task": cell.task.id, "seed": cell.seed, "prefix": prefix, "n": len(cell.shots),
+                       "shots_macro_f1": run.scores.macro_f1, "predictions": run.predictions}  # fmt: skip
+                rows_path.parent.mkdir(parents=True, exist_ok=True)
+                with rows_path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps(row) + "\n")
+                found.append(row)
+    summary = summarize(cells, {(r["split"], r["task"], r["seed"], r["prefix"]): r for r in found})
+    summary["machine"] = machine()
+    write_json(Path(args.out), summary)
+    print(json.dumps({v: summary[v]["mean"] for v in summary if isinstance(summary[v], dict) and "mean" in summary[v]},
+                     indent=2))  # fmt: skip
+
+
+def summarize(cells: list[Cell], shot_rows: dict) -> dict:
+    """Per view (a split, or the train tasks in and out of the adapter's training): each arm's mean held-out
+    macro-F1 with and without the check, paired differences and per-task figures.
+
+    A task counts once all three prefixes have their shown-example score at every seed of its split; each
+    task is scored by its mean over those seeds.
+    """
+    summary: dict = {"benchmark": "shot_check", "follower": FOLLOWER, "n_shown": N,
+                     "rule": "keep the instruction iff its macro-F1 on the n shown examples > Naive's",
+                     "trained": TRAINED, "template": "criteria",
+                     "held_out": {"train": "pool A, 20 examples", "validation": "m=100", "test": "m=100"}}  # fmt: skip
+    views = {
+        "train": [c for c in cells if c.split == "train"],
+        "train_unseen": [c for c in cells if c.split == "train" and not c.in_training],
+        "train_in_training": [c for c in cells if c.split == "train" and c.in_training],
+        "validation": [c for c in cells if c.split == "validation"],
+        "test": [c for c in cells if c.split == "test"],
+    }
+    for view, view_cells in views.items():
+        if figures := summarize_view(view_cells, shot_rows):
+            summary[view] = figures
+    return summary
+
+
+def summarize_view(cells: list[Cell], shot_rows: dict) -> dict | None:
+    seeds = sorted({c.seed for c in cells})
+    per_task: dict[str, dict] = {}
+    for cell in cells:
+        keys = {p: (cell.split, cell.task.id, cell.seed, p) for p in PREFIXES}
+        if not all(k in shot_rows for k in keys.values()):
+            per_task.setdefault(cell.task.id, {})["incomplete"] = True
+            continue
+        on_shots = {p: round(shot_rows[k]["shots_macro_f1"], 4) for p, k in keys.items()}
+        figures = {"naive": cell.arms["naive"].macro_f1, "on_shots": on_shots}
+        tokens = {"naive": cell.arms["naive"].tokens}
+        for arm in GENERATOR_ARMS:
+            keep = keeps_instruction(on_shots[arm], on_shots["naive"])
+            chosen = cell.arms[arm] if keep else cell.arms["naive"]
+            figures |= {arm: cell.arms[arm].macro_f1, f"{arm}+check": chosen.macro_f1, f"{arm}_kept": keep}
+            tokens |= {arm: cell.arms[arm].tokens, f"{arm}+check": chosen.tokens}
+        per_task.setdefault(cell.task.id, {})[str(cell.seed)] = figures | {"tokens": tokens}
+    complete = {t: c for t, c in per_task.items() if not c.get("incomplete") and len(c) == len(seeds)}
+    if not complete:
+        return None
+    ids = sorted(complete)
+    arms = ("naive", *GENERATOR_ARMS, *(f"{a}+check" for a in GENERATOR_ARMS))
+
+    def task_mean(arm: str, t: str, key: str | None = None) -> float | None:
+        values = [complete[t][str(s)]["tokens"][arm] if key else complete[t][str(s)][arm] for s in seeds]
+        return None if None in values else sum(values) / len(values)
+
+    def diff(a: str, b: str) -> dict:
+        return paired_test([task_mean(a, t) - task_mean(b, t) for t in ids])
+
+    tokens = {a: [task_mean(a, t, "tokens") for t in ids] for a in arms}
+    means = {
+        a: {
+            "macro_f1": mean([task_mean(a, t) for t in ids]),
+            "prompt_tokens_per_query": None if None in tokens[a] else mean(tokens[a], 1),
+        }
+        for a in arms
+    }
+    return {
+        "seeds": seeds,
+        "tasks": len(ids),
+        "tasks_total": len(per_task),
+        "mean": means,
+        "kept": {a: sum(complete[t][str(s)][f"{a}_kept"] for t in ids for s in seeds) for a in GENERATOR_ARMS},
+        "cells": len(ids) * len(seeds),
+        "paired": {
+            "trained+check - naive": diff("trained+check", "naive"),
+            "trained+check - zero+check": diff("trained+check", "zero+check"),
+            "trained+check - trained": diff("trained+check", "trained"),
+            "zero+check - naive": diff("zero+check", "naive"),
+            "zero+check - zero": diff("zero+check", "zero"),
+            "trained - naive": diff("trained", "naive"),
+            "trained - zero": diff("trained", "zero"),
+        },
+        "per_task": {t: complete[t] for t in ids},
+    }
+
+
+if __name__ == "__main__":
+    main()
