@@ -16,8 +16,17 @@ with the `criteria` template:
 
 - train, 46 tasks, seed 0: the candidates of bench/runs/expert_iteration_r3/collect.jsonl (zero = round 1's
   greedy, trained = round 3's greedy, written by the shipped adapter), scored on pool A (20 examples). The
-  adapter was fine-tuned on 23 of these tasks (`in_training`); the other 23 are unseen by it;
-- validation, 8 tasks, seed 0: bench/runs/expert_iteration_r2/validation (the gate's rows, m=100);
+  adapter was fine-tuned on 23 of these tasks (`in_training`); the other 23 are unseen by it (a task
+  counts where both greedy instructions are usable: 45 of 46);
+- validation, 8 tasks, seeds 0 and 1: bench/runs/expert_iteration_r2/validation (the gate's rows, m=100) and
+  bench/runs/shot_check/validation_seed1, written by
+
+      promptmii eval --tasks ../shared/corpus --split validation --seed 1 --n 20 --m 100 \\
+          --methods naive,promptmii,promptmii+check,promptmii-zero,promptmii-zero+check \\
+          --generator bench/runs/expert_iteration_r2 --template criteria --max-instruction-tokens 512 \\
+          -o bench/runs/shot_check/validation_seed1
+
+  whose +check rows the summary compares with the rule applied here (`package_rows`);
 - test, 23 tasks, seeds 0 and 1: bench/runs/trained_vs_zero (m=100); Naive from bench/runs/spine at seed 0.
 
     python bench/shot_check.py                    # runs the shown-example scores (resumes), then summarizes
@@ -51,9 +60,14 @@ RUNS = ROOT / "runs"
 TRAINED = "expert_iteration_r2-lora@93b04f6c40e8"  # the shipped promptmii-1.5b-ei (sha256 93b04f6c...)
 COLLECTION = RUNS / "expert_iteration_r3" / "collect.jsonl"  # candidates of rounds 1-3 on the train tasks
 SHIPPED_ROUND = RUNS / "expert_iteration_r2" / "collect.jsonl"  # the round whose winners trained the adapter
+# validation at seed 1, run with the package's own +check methods beside the plain ones (command in the docstring)
+CHECKED_RUN = RUNS / "shot_check" / "validation_seed1"
 # split -> seed -> arm -> the run holding its committed m=100 row
 EVAL_SOURCES = {
-    "validation": {0: dict.fromkeys(("naive", "zero", "trained"), RUNS / "expert_iteration_r2" / "validation")},
+    "validation": {
+        0: dict.fromkeys(("naive", "zero", "trained"), RUNS / "expert_iteration_r2" / "validation"),
+        1: dict.fromkeys(("naive", "zero", "trained"), CHECKED_RUN),
+    },
     "test": {
         0: {"naive": RUNS / "spine", "zero": RUNS / "trained_vs_zero", "trained": RUNS / "trained_vs_zero"},
         1: dict.fromkeys(("naive", "zero", "trained"), RUNS / "trained_vs_zero"),
@@ -83,7 +97,7 @@ class Cell:
     in_training: bool = False  # a train task the adapter was fine-tuned on
 
 
-def committed(directory: Path, arm: str, task_id: str, seed: int) -> Result:
+def committed(directory: Path, arm: str, task_id: str, seed: int) -> Result | None:
     """The committed row of one arm, task and seed run at m=100 (cb has 56 test rows and scored them all)."""
 
     def wanted(r: Result) -> bool:
@@ -97,9 +111,7 @@ def committed(directory: Path, arm: str, task_id: str, seed: int) -> Result:
         return r.method == "promptmii" and template_ok and (r.generator or "") == TRAINED
 
     found = [r for r in rows(directory / "results.jsonl") if wanted(r)]
-    if not found:
-        raise SystemExit(f"no committed {arm} row for {task_id} at seed {seed} in {directory}")
-    return found[-1]
+    return found[-1] if found else None
 
 
 def eval_cells(corpus: str, split: str) -> list[Cell]:
@@ -107,6 +119,9 @@ def eval_cells(corpus: str, split: str) -> list[Cell]:
     for task in load_tasks(corpus, split=split):
         for seed, sources in EVAL_SOURCES[split].items():
             row_of = {arm: committed(sources[arm], arm, task.id, seed) for arm in PREFIXES}
+            if None in row_of.values():
+                print(f"{split} {task.id} seed {seed}: a committed row is missing; the task does not count")
+                continue
             arms = {a: Scored(r.instruction if a != "naive" else prompts.NAIVE_INSTRUCTION, r.macro_f1,
                               r.prompt_tokens_per_query) for a, r in row_of.items()}  # fmt: skip
             cells.append(Cell(split, task, seed, draw(task, N, 100, seed)[0], arms))
@@ -199,7 +214,22 @@ def summarize(cells: list[Cell], shot_rows: dict) -> dict:
     for view, view_cells in views.items():
         if figures := summarize_view(view_cells, shot_rows):
             summary[view] = figures
+    summary["package_rows"] = package_agreement(summary.get("validation", {}).get("per_task", {}))
     return summary
+
+
+def package_agreement(per_task: dict[str, dict]) -> dict[str, int]:
+    """Do the package's promptmii(-zero)+check rows (validation, seed 1) keep what this script's rule keeps, with
+    the same macro-F1? The check in promptmii.check and the figures here must be the same computation."""
+    checked = {(r.task, r.method): r for r in rows(CHECKED_RUN / "results.jsonl") if r.check is not None}
+    compared = agree = 0
+    for task, cell in per_task.items():
+        for arm, method in (("trained", "promptmii+check"), ("zero", "promptmii-zero+check")):
+            row = checked.get((task, method))
+            if row is not None and "1" in cell:
+                compared += 1
+                agree += row.check["kept"] == cell["1"][f"{arm}_kept"] and row.macro_f1 == cell["1"][f"{arm}+check"]
+    return {"compared": compared, "agree": agree}
 
 
 def summarize_view(cells: list[Cell], shot_rows: dict) -> dict | None:
