@@ -4,8 +4,9 @@ With the bundled 1.5B follower, an instruction from the 1.5B generator (trained 
 Naive's "Classify the input." on about half the tasks and above it on the rest, so on average it is
 level with Naive. The user's n labelled examples can tell the two cases apart: the follower labels them
 once behind the instruction and once behind Naive (2n calls, once per task), and the instruction is kept
-only if it scores strictly higher. On the 23 test tasks at n=20 this lifted both generators to about
-.02 over Naive; on the 8 validation tasks it cost about .02 (bench/results/shot_check.json).
+only if it scores strictly higher. At n=20 this lifted both generators from level with Naive to about
+.02 above it on the 23 test tasks, and left them level with Naive on the 8 validation tasks
+(bench/results/shot_check.json).
 """
 
 from __future__ import annotations
