@@ -51,7 +51,7 @@ from promptmii.check import keeps_instruction
 from promptmii.classify import load_follower
 from promptmii.data import Example, Task, draw, load_tasks
 from promptmii.evaluate import run_follower
-from promptmii.expert_iteration import pick_winner, pools
+from promptmii.expert_iteration import pools, read_records
 from promptmii.results import Result, read_jsonl
 
 FOLLOWER = f"llamacpp:{models.DEFAULT_MODEL}"
@@ -131,7 +131,7 @@ def eval_cells(corpus: str, split: str) -> list[Cell]:
 def train_cells(corpus: str) -> list[Cell]:
     """The train tasks: greedy `criteria` candidates of round 1 (base) and round 3 (shipped adapter), pool A."""
     tasks = {t.id: t for t in load_tasks(corpus, split="train")}
-    trained_on = {r["task"] for r in read_jsonl(SHIPPED_ROUND) if _kept_in(r)}
+    trained_on = {r["task"] for r in read_records(SHIPPED_ROUND) if r["winner"] is not None}  # round 2's rows
     cells = []
     for record in read_jsonl(COLLECTION):
         greedy = {c["round"]: c for c in record["candidates"] if c["template"] == "criteria" and c["sample"] == 0}
@@ -144,13 +144,6 @@ def train_cells(corpus: str) -> list[Cell]:
         shots = pools(task, N, 20, 20, 0)[0]
         cells.append(Cell("train", task, 0, shots, arms, in_training=task.id in trained_on))
     return cells
-
-
-def _kept_in(record: dict) -> bool:
-    """Whether round 2's rechecked collection gave the task a training row (the shipped adapter's data)."""
-    rechecks = {r["task"]: r for r in read_jsonl(SHIPPED_ROUND.parent / "recheck.jsonl")}
-    record = record | ({"recheck": rechecks[record["task"]]} if record["task"] in rechecks else {})
-    return pick_winner(record)[0] is not None
 
 
 def main() -> None:
