@@ -23,7 +23,7 @@ with the `criteria` template:
 
       promptmii eval --tasks ../shared/corpus --split validation --seed 1 --n 20 --m 100 \\
           --methods naive,promptmii,promptmii+check,promptmii-zero,promptmii-zero+check \\
-          --generator bench/runs/expert_iteration_r2 --template criteria --max-instruction-tokens 512 \\
+          --generator llamacpp:bench/runs/expert_iteration_r2 --template criteria --max-instruction-tokens 512 \\
           -o bench/runs/shot_check/validation_seed1
 
   whose +check rows the summary compares with the rule applied here (`package_rows`);

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import re
 import shutil
 from pathlib import Path
 
@@ -315,6 +316,10 @@ def test_a_run_without_an_adapter_or_config_cannot_be_used_as_generator(tmp_path
         get_backend(str(run))
     with pytest.raises(ModelFileError, match="promptmii export"):
         get_backend(f"llamacpp:{run}")
+    (run / models.EXPORTED_ADAPTER).write_bytes(b"GGUF")  # a committed run: the export without adapter/
+    with pytest.raises(ModelFileError, match=re.escape(f"runs on llama.cpp: --generator llamacpp:{run}")):
+        get_backend(str(run))
+    (run / models.EXPORTED_ADAPTER).unlink()
     (run / models.RUN_CONFIG).unlink()
     with pytest.raises(ModelFileError, match=f"not a training run \\(no {models.RUN_CONFIG}\\)"):
         get_backend(f"llamacpp:{run}")

@@ -84,7 +84,11 @@ class HFBackend:
         """The policy of a `promptmii train` run: its base model with the trained LoRA adapter merged in."""
         adapter = run / models.ADAPTER_DIR
         if not (adapter / "adapter_config.json").is_file():
-            raise ModelFileError(f"{run}: no trained adapter yet ({models.ADAPTER_DIR}/ is written when training ends)")
+            exported = (run / models.EXPORTED_ADAPTER).is_file()  # a committed run keeps only the GGUF export
+            hint = f"; its {models.EXPORTED_ADAPTER} runs on llama.cpp: --generator llamacpp:{run}" if exported else ""
+            raise ModelFileError(
+                f"{run}: no trained adapter yet ({models.ADAPTER_DIR}/ is written when training ends){hint}"
+            )
         base = models.policy_path(models.run_policy(run))
         backend = cls.load(base, f"{run.resolve().name}-lora@{_weights_digest(adapter)[:12]}", adapter=adapter)
         backend.trained_template = models.run_template(run)
