@@ -45,6 +45,8 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from functools import cache
+
 from _common import CORPUS, ROOT, machine, mean, paired_test, rows, write_json
 from promptmii import models, prompts
 from promptmii.check import keeps_instruction
@@ -53,11 +55,14 @@ from promptmii.data import Example, Task, draw, load_tasks
 from promptmii.evaluate import run_follower
 from promptmii.expert_iteration import pools, read_records
 from promptmii.results import Result, read_jsonl
+from trained_vs_zero import TrainedArm, is_arm_row
 
 FOLLOWER = f"llamacpp:{models.DEFAULT_MODEL}"
 N = 20
 RUNS = ROOT / "runs"
-TRAINED = "expert_iteration_r2-lora@93b04f6c40e8"  # the shipped promptmii-1.5b-ei (sha256 93b04f6c...)
+# the shipped promptmii-1.5b-ei (sha256 93b04f6c...), as trained_vs_zero measured it: its rows are picked the same way
+SHIPPED = TrainedArm.of(RUNS / "expert_iteration_r2")
+ARM_METHOD = {"naive": "naive", "zero": "promptmii-zero", "trained": "promptmii"}
 COLLECTION = RUNS / "expert_iteration_r3" / "collect.jsonl"  # candidates of rounds 1-3 on the train tasks
 SHIPPED_ROUND = RUNS / "expert_iteration_r2" / "collect.jsonl"  # the round whose winners trained the adapter
 # validation at seed 1, run with the package's own +check methods beside the plain ones (command in the docstring)
@@ -98,20 +103,19 @@ class Cell:
 
 
 def committed(directory: Path, arm: str, task_id: str, seed: int) -> Result | None:
-    """The committed row of one arm, task and seed run at m=100 (cb has 56 test rows and scored them all)."""
-
-    def wanted(r: Result) -> bool:
-        if (r.task, r.seed, r.config.get("m")) != (task_id, seed, 100) or (r.n_shots != N and arm != "naive"):
-            return False
-        if arm == "naive":
-            return r.method == "naive"
-        template_ok = r.config.get("template") == "criteria"
-        if arm == "zero":
-            return r.method == "promptmii-zero" and template_ok and (r.generator or "").startswith("qwen2.5-coder-1.5b")
-        return r.method == "promptmii" and template_ok and (r.generator or "") == TRAINED
-
-    found = [r for r in rows(directory / "results.jsonl") if wanted(r)]
+    """The committed row of one arm, task and seed, made with trained_vs_zero's settings for that arm."""
+    found = [
+        r
+        for r in committed_rows(directory)
+        if (r.task, r.seed, r.method) == (task_id, seed, ARM_METHOD[arm]) and is_arm_row(r, SHIPPED)
+    ]
     return found[-1] if found else None
+
+
+@cache
+def committed_rows(directory: Path) -> tuple[Result, ...]:
+    """A run's done rows, read once: every task, arm and seed looks its row up in the same few files."""
+    return tuple(rows(directory / "results.jsonl"))
 
 
 def eval_cells(corpus: str, split: str) -> list[Cell]:
@@ -195,7 +199,7 @@ def summarize(cells: list[Cell], shot_rows: dict) -> dict:
     """
     summary: dict = {"benchmark": "shot_check", "follower": FOLLOWER, "n_shown": N,
                      "rule": "keep the instruction iff its macro-F1 on the n shown examples > Naive's",
-                     "trained": TRAINED, "template": "criteria",
+                     "trained": f"{SHIPPED.run.name}-lora@{SHIPPED.adapter_sha256[:12]}", "template": SHIPPED.template,
                      "held_out": {"train": "pool A, 20 examples", "validation": "m=100", "test": "m=100"}}  # fmt: skip
     views = {
         "train": [c for c in cells if c.split == "train"],
