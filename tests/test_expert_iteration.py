@@ -324,6 +324,47 @@ def test_sft_rows_use_the_adapter_template_whatever_template_won(tmp_path: Path)
     assert rows[0]["completion"] == [{"role": "assistant", "content": "Judge the sentiment words."}]
 
 
+def test_naive_rows_answer_the_tasks_where_nothing_beat_naive_with_naive_instruction(tmp_path: Path):
+    task = small_task()
+    winner = {"template": "criteria", "sample": 1, "usable": True, "instruction": "Judge the sentiment words."}
+    records = [
+        {"task": "sent", "n_shown": 4, "winner": 0, "reason": "won", "candidates": [winner]},
+        {"task": "sent", "n_shown": 4, "winner": None, "reason": "the winner does not beat Naive on pool C"},
+        {"task": "sent", "n_shown": 4, "winner": None, "reason": "no confirmed instruction beats Naive on pool B"},
+        # a task that cannot tell instructions apart teaches nothing, with or without naive rows
+        {"task": "sent", "n_shown": 4, "winner": None, "reason": "every instruction scores the same on pool A"},
+    ]
+    plain = ei.sft_rows(records, {task.id: task}, config(tmp_path))
+    assert [r["completion"][0]["content"] for r in plain] == ["Judge the sentiment words."]
+    rows = ei.sft_rows(records, {task.id: task}, config(tmp_path, naive_rows=True))
+    answers = [r["completion"][0]["content"] for r in rows]
+    assert answers == ["Judge the sentiment words.", prompts.NAIVE_INSTRUCTION, prompts.NAIVE_INSTRUCTION]
+    assert all(r["prompt"] == rows[0]["prompt"] for r in rows)  # the same meta-prompt: only the answer differs
+
+
+def test_a_fine_tune_variant_reads_another_runs_collection_with_the_same_pools(tmp_path: Path):
+    collected = tmp_path / "collected"
+    collected.mkdir()
+    ei._write_config(collected, config(tmp_path, output=str(collected), m_recheck=10))
+    variant = config(tmp_path, collection=str(collected), m_recheck=10, naive_rows=True)
+    assert ei.collection_dir(variant) == collected
+    assert ei.collection_dir(config(tmp_path)) == tmp_path / "run"
+    with pytest.raises(PromptMIIError, match=r"the collection differs .*m_recheck 10 there, 0 here"):
+        ei.collection_dir(config(tmp_path, collection=str(collected)))
+    with pytest.raises(PromptMIIError, match=r"the collection differs .*m_select 6 there, 8 here"):
+        ei.collection_dir(config(tmp_path, collection=str(collected), m_recheck=10, m_select=8))
+
+
+def test_the_cli_refuses_to_collect_in_a_fine_tune_variant(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from promptmii.cli import main
+
+    args = ["train-ei", "--corpus", "unused", "--output", str(tmp_path / "v"), "--collection", str(tmp_path / "c")]
+    done = CliRunner().invoke(main, [*args, "--stage", "recheck"])
+    assert done.exit_code == 1 and "a fine-tune variant; run --stage recheck there" in done.output
+
+
 def test_summarize_counts_winners_and_reasons():
     records = [
         {"winner": 0, "reason": "won", "naive": {"f1_a": 0.1}, "candidates": [cand(0.5, 0.5) | {"sample": 0}]},
@@ -552,6 +593,11 @@ def test_a_config_field_added_after_collection_is_recorded_not_refused(tmp_path:
     assert json.loads((out / models.RUN_CONFIG).read_text(encoding="utf-8"))["m_recheck"] == 40
     with pytest.raises(PromptMIIError, match="m_recheck: 40 -> 0"):
         ei._write_config(out, config(tmp_path))
+    # any other field missing from the stored config was its default then: setting it is another run
+    del stored["naive_rows"]
+    (out / models.RUN_CONFIG).write_text(json.dumps(stored), encoding="utf-8")
+    with pytest.raises(PromptMIIError, match="naive_rows: False -> True"):
+        ei._write_config(out, config(tmp_path, naive_rows=True))
 
 
 def test_the_ship_stage_puts_a_promoted_adapter_in_the_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -426,14 +426,18 @@ def train_ei_cmd(stage: str, ship_as: str, quiet: bool, **fields: Any) -> None:
     confirmed winners. validate: export the adapter and compare it with Naive and the untrained generator
     on the validation split (selection.json; promoted only if it beats both). A later round, --previous RUN,
     samples with RUN's adapter and carries RUN's scored candidates over. ship (never part of all): copy a
-    promoted adapter into the package, where it becomes the default generator. docs/training.md has the costs.
+    promoted adapter into the package, where it becomes the default generator. A fine-tune variant,
+    --collection RUN, fine-tunes and validates on RUN's finished collection (for example with
+    --naive-rows) without collecting again. docs/training.md has the costs.
 
-    Examples (the second is a later round):
+    Examples (the second is a later round, the third a variant of it):
 
     \b
         promptmii train-ei --corpus ../shared/corpus --output bench/runs/expert_iteration
         promptmii train-ei --corpus ../shared/corpus --output bench/runs/expert_iteration_r2 \\
             --previous bench/runs/expert_iteration
+        promptmii train-ei --corpus ../shared/corpus --output bench/runs/expert_iteration_r2_naive \\
+            --collection bench/runs/expert_iteration_r2 --m-recheck 40 --naive-rows
     """
     from promptmii import expert_iteration as ei
 
@@ -444,11 +448,14 @@ def train_ei_cmd(stage: str, ship_as: str, quiet: bool, **fields: Any) -> None:
             click.echo(json.dumps({"shipped": str(target)}, indent=2))
             return
         report: dict[str, Any] = {}
-        if stage in ("all", "collect"):
+        if config.collection and stage in ("collect", "recheck"):
+            raise PromptMIIError(f"--collection {config.collection}: a fine-tune variant; run --stage {stage} there")
+        collecting = not config.collection  # a variant's --stage all is fine-tune and validate
+        if collecting and stage in ("all", "collect"):
             records = ei.collect(config, quiet=quiet)
         else:
-            records = ei.read_records(Path(config.output) / ei.COLLECT_LOG)
-        if stage == "recheck" or (stage == "all" and config.m_recheck):
+            records = ei.read_records(ei.collection_dir(config) / ei.COLLECT_LOG)
+        if collecting and (stage == "recheck" or (stage == "all" and config.m_recheck)):
             records = ei.recheck(config, records, quiet=quiet)
         report["collect"] = ei.summarize(records)
         if stage in ("all", "fine-tune"):

@@ -37,7 +37,7 @@ import logging
 import re
 import statistics
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +82,8 @@ def candidate_plan(template: str, *, later_round: bool = False) -> tuple[tuple[s
 CONFIRMED = 2  # candidates (best on pool A) scored again on pool B
 COLLECT_LOG = "collect.jsonl"
 RECHECK_LOG = "recheck.jsonl"  # one line per task: Naive and the winner on pool C
-MOVABLE = ("corpus", "output", "previous")  # paths that may differ between machines without changing the run
+# paths that may differ between machines without changing the run
+MOVABLE = ("corpus", "output", "previous", "collection")
 # what a later round must share with the round it continues: the same pools, shots and follower, so
 # the Naive scores and the earlier candidates' scores carried over compare with the new ones
 SHARED_WITH_PREVIOUS = ("policy", "follower", "template", "n", "m_select", "m_confirm", "max_prompt_tokens", "seed")
@@ -118,6 +119,20 @@ class ExpertIterationConfig:
         metadata={
             "help": "run directory of the previous round: its adapter writes this round's candidates, and its "
             "scored candidates join this round's (expert iteration's repeat)"
+        },
+    )
+    collection: str = field(
+        default="",
+        metadata={
+            "help": "fine-tune on this finished run's collect.jsonl and recheck.jsonl instead of collecting here "
+            "(a fine-tune variant of the same collection; the run must share its pools, shots and follower)"
+        },
+    )
+    naive_rows: bool = field(
+        default=False,
+        metadata={
+            "help": "tasks where no instruction beat Naive also give a row, answered with Naive's instruction, "
+            "so the adapter learns when to write no more than that"
         },
     )
 
@@ -472,6 +487,26 @@ def read_records(path: Path) -> list[dict[str, Any]]:
     return records
 
 
+def collection_dir(config: ExpertIterationConfig) -> Path:
+    """Where the run's collect.jsonl and recheck.jsonl live: its own directory, or --collection's.
+
+    A fine-tune variant (--collection RUN) must read RUN's pools, shots and pool-C scores as they were
+    drawn, so RUN must share them (SHARED_WITH_PREVIOUS and m_recheck).
+    """
+    if not config.collection:
+        return Path(config.output)
+    run = Path(config.collection)
+    stored = _stored_config(run)
+    differ = [
+        f"{k} {stored.get(k)!r} there, {getattr(config, k)!r} here"
+        for k in (*SHARED_WITH_PREVIOUS, "m_recheck")
+        if stored.get(k) != getattr(config, k)
+    ]
+    if differ:
+        raise PromptMIIError(f"{run}: the collection differs ({'; '.join(differ)}); pass the same options")
+    return run
+
+
 def previous_records(config: ExpertIterationConfig) -> dict[str, dict[str, Any]]:
     """Task -> the previous round's record, after checking that round scored on the same pools; {} in round 1."""
     if not config.previous:
@@ -515,7 +550,12 @@ def _previous_run(config: ExpertIterationConfig) -> Path:
 
 
 def run_round(config: ExpertIterationConfig) -> int:
-    """1 for a run that samples with the base model, else one more than the round it continues."""
+    """1 for a run that samples with the base model, else one more than the round it continues.
+
+    A fine-tune variant (--collection RUN) is of RUN's round.
+    """
+    if config.collection:
+        return run_round(ExpertIterationConfig(**_stored_fields(Path(config.collection))))
     rounds, previous = 1, config.previous
     while previous and rounds < 100:  # the cap only guards against a cycle of run directories
         rounds += 1
@@ -528,6 +568,12 @@ def _stored_config(run: Path) -> dict[str, Any]:
     if not path.is_file():
         raise PromptMIIError(f"{run}: not an expert-iteration run directory (no {models.RUN_CONFIG})")
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _stored_fields(run: Path) -> dict[str, Any]:
+    """The stored config's dataclass fields (without recipe and candidate_plan), paths as stored."""
+    names = set(ExpertIterationConfig.__dataclass_fields__)
+    return {k: v for k, v in _stored_config(run).items() if k in names}
 
 
 def _write_config(out: Path, config: ExpertIterationConfig) -> None:
@@ -545,16 +591,21 @@ def _write_config(out: Path, config: ExpertIterationConfig) -> None:
     )
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
+        # a field missing from an older stored config counts as its default there, except m_recheck, which
+        # a finished collection may gain (its recheck stage runs after collect)
+        defaults = {f.name: f.default for f in fields(ExpertIterationConfig) if f.default is not MISSING}
         changed = [
-            f"{k}: {stored[k]!r} -> {v!r}"
+            f"{k}: {stored.get(k, defaults.get(k))!r} -> {v!r}"
             for k, v in current.items()
-            if k not in MOVABLE and k in stored and stored[k] != v
+            if k not in MOVABLE and k != "m_recheck" and stored.get(k, defaults.get(k, v)) != v
         ]
+        if "m_recheck" in stored and stored["m_recheck"] != current["m_recheck"]:
+            changed.append(f"m_recheck: {stored['m_recheck']!r} -> {current['m_recheck']!r}")
         if changed:
             raise PromptMIIError(f"{out} holds a run with another config ({'; '.join(changed)}); use a new --output")
         if set(current) <= set(stored):
             return
-        # a field added after the run was collected (m_recheck): recorded from the first run that sets it
+        # a field added after the run was collected: recorded from the first run that sets it
         current = current | {k: stored[k] for k in MOVABLE if k in stored}
     atomic_write(path, json.dumps(current, indent=2) + "\n")
 
@@ -566,25 +617,47 @@ def _first(errors: list[str | None]) -> str:
 # ---------------------------------------------------------------- stage 2: fine-tune on the winners
 
 
+# `pick_winner` reasons that mean the collection tried and found no instruction better than Naive's (the
+# others mean the task cannot tell instructions apart, so it teaches nothing either way)
+NO_GAIN_REASONS = (
+    "no confirmed instruction beats Naive on pool B",
+    "every instruction that beats Naive on pool B names no label",
+    "the winner does not beat Naive on pool C",
+)
+
+
+def training_answer(record: dict[str, Any], naive_rows: bool) -> str | None:
+    """What the adapter learns to write for this task: the winner, Naive's instruction (with naive_rows,
+    where nothing beat it), or None for no row."""
+    if record.get("winner") is not None:
+        return record["candidates"][record["winner"]]["instruction"]
+    if naive_rows and record.get("reason") in NO_GAIN_REASONS:
+        return prompts.NAIVE_INSTRUCTION
+    return None
+
+
 def sft_rows(records: list[dict[str, Any]], tasks: dict[str, Task], config: ExpertIterationConfig) -> list[dict]:
     """One conversational prompt-completion row per winner: the adapter's meta-prompt -> the winning instruction.
 
     The prompt is rebuilt from the task's shots with `config.template`, whatever template wrote the winner,
-    so the adapter learns to answer its own meta-prompt the way the best instruction did.
+    so the adapter learns to answer its own meta-prompt the way the best instruction did. With
+    `config.naive_rows` a task where no instruction beat Naive is answered with Naive's instruction: on
+    about half the tasks every instruction the 1.5B writes loses to "Classify the input.", and without such
+    rows the adapter never sees that writing less is an answer.
     """
     template = metaprompts.named(config.template).text
     rows = []
     for record in records:
-        if record.get("winner") is None:
+        answer = training_answer(record, config.naive_rows)
+        if answer is None:
             continue
         task = tasks[record["task"]]
         shots, _, _ = pools(task, config.n, config.m_select, config.m_confirm, config.seed)
         shots = shots[: record["n_shown"]]
-        winner = record["candidates"][record["winner"]]["instruction"]
         rows.append(
             {
                 "prompt": prompts.meta_prompt(template, shots, task.labels),
-                "completion": [{"role": "assistant", "content": winner}],
+                "completion": [{"role": "assistant", "content": answer}],
                 "task": task.id,
             }
         )
@@ -605,6 +678,8 @@ def fine_tune(config: ExpertIterationConfig, records: list[dict[str, Any]], *, r
     from trl import SFTConfig, SFTTrainer
 
     out = Path(config.output)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_config(out, config)  # a fine-tune variant (--collection) collected nothing here to write it
     tasks = {t.id: t for t in load_tasks(config.corpus, split="train")}
     train_ids = set(tasks)
     missing = train_ids - {r["task"] for r in records}
@@ -723,8 +798,9 @@ def validate(config: ExpertIterationConfig, *, m: int = 100, quiet: bool = False
         export_adapter(out)
     tasks = load_tasks(config.corpus, split="validation")
     results = results_dir(out / "validation")
-    if config.previous and not results.results_path.exists():
-        carry_gate_rows(Path(config.previous) / "validation", results.directory, m=m, seed=config.seed)
+    carried_from = config.collection or config.previous  # a run with the same base, template, n and seed
+    if carried_from and not results.results_path.exists():
+        carry_gate_rows(Path(carried_from) / "validation", results.directory, m=m, seed=config.seed)
     run_eval(tasks, gate_config(config, m), results, quiet=quiet)
     table = selection_table(read_results(results.results_path))
     table["adapter_sha256"] = models.file_sha256(out / models.EXPORTED_ADAPTER)
