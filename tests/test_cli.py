@@ -329,7 +329,9 @@ def test_induce_with_check_says_whether_the_instruction_was_kept(tmp_path: Path,
     assert result.exit_code == 0, result.output
     assert "check on the 8 shown rows: instruction 1.000, Naive" in result.stderr
     assert "the instruction is kept" in result.stderr
-    assert load_instruction_file(tmp_path / "out").instruction == HINT
+    saved = load_instruction_file(tmp_path / "out")
+    assert saved.instruction == HINT
+    assert saved.check is not None and saved.check["kept"] and saved.check["instruction"] == HINT
 
 
 def test_induce_refuses_check_without_evaluation(tmp_path: Path, fakes: dict[str, str]) -> None:

@@ -217,4 +217,5 @@ def test_fit_with_check_keeps_a_helpful_instruction_and_drops_a_useless_one(
     dropped = classifier(generator="fake:vague", check=True, cache=False).fit(texts, y)
     assert dropped.check_["instruction"] == "Read the text." and not dropped.check_["kept"]
     assert dropped.instruction_.instruction == "Classify the input."
+    assert dropped.instruction_.check == dropped.check_  # the saved file says what was dropped
     assert classifier(cache=False).fit(texts, y).check_ is None

@@ -225,7 +225,7 @@ def induce_cmd(
             click.echo(f"\nInstruction ({redact(getattr(config, role))}):\n\n{instruction}")
         click.echo(f"\nrows: {out.results_path}  samples: {out.samples_path}", err=True)
         if instruction:
-            saved = _instruction_file(task, config, backends, role, instruction, rows).save(directory)
+            saved = _instruction_file(task, config, backends, role, instruction, rows, check=row.check).save(directory)
             click.echo(f"instruction: {saved}  (label new rows: promptmii classify {saved} INPUT)", err=True)
         elif instruction is not None:
             click.echo("no instruction.json: the generator wrote no instruction (see the row's warnings)", err=True)
@@ -613,7 +613,14 @@ def export_cmd(run: Path, output: Path | None) -> None:
 
 
 def _instruction_file(
-    task: Task, config: EvalConfig, backends: Backends, role: str, text: str, rows: list[Result]
+    task: Task,
+    config: EvalConfig,
+    backends: Backends,
+    role: str,
+    text: str,
+    rows: list[Result],
+    *,
+    check: dict[str, Any] | None = None,
 ) -> InstructionFile:
     """The deployable record of an induced instruction, with the table it scored (when it was scored)."""
     return InstructionFile(
@@ -631,6 +638,7 @@ def _instruction_file(
         task=task.id,
         source=str(task.meta.get("source", "")),
         evaluation=evaluation_table(rows),
+        check=check,
         promptmii_version=promptmii_version(),
     )
 

@@ -140,6 +140,7 @@ class PromptMIIClassifier(*_BASES):  # type: ignore[misc]
                 decoding=self.decoding,
                 generator_model_id=generator.model_id,
                 label_values=tuple(_plain(v) for v in classes) if typed else None,
+                check=self.check_,
                 promptmii_version=promptmii_version(),
             )
         )

@@ -50,6 +50,9 @@ class InstructionFile:
     source: str = ""  # the labelled data it was induced from
     # One row per method scored against it on held-out rows (EVALUATION_FIELDS); empty with --no-eval.
     evaluation: tuple[dict[str, Any], ...] = ()
+    # With a +check method: the generator's instruction, its and Naive's macro-F1 on the shown rows, and
+    # whether it was kept; when it was not, `instruction` above is Naive's and this says what was dropped.
+    check: dict[str, Any] | None = None
     # The original label values when they are not strings (an sklearn y of ints), in `labels` order.
     label_values: tuple[Any, ...] | None = None
     promptmii_version: str = ""
@@ -113,6 +116,8 @@ def load_instruction_file(path: str | Path) -> InstructionFile:
     for name in ("n", "seed"):
         if not isinstance(record[name], int) or isinstance(record[name], bool):
             raise InstructionFileError(f"{path}: {name} must be an integer, got {record[name]!r:.40}")
+    if record.get("check") is not None and not isinstance(record["check"], dict):
+        raise InstructionFileError(f"{path}: check must be an object, got {record['check']!r:.40}")
     values = record.get("label_values")
     if values is not None and (not isinstance(values, list) or len(values) != len(labels)):
         raise InstructionFileError(f"{path}: label_values must list one value per label ({len(labels)})")
