@@ -496,12 +496,7 @@ def collection_dir(config: ExpertIterationConfig) -> Path:
     if not config.collection:
         return Path(config.output)
     run = Path(config.collection)
-    stored = _stored_config(run)
-    differ = [
-        f"{k} {stored.get(k)!r} there, {getattr(config, k)!r} here"
-        for k in (*SHARED_WITH_PREVIOUS, "m_recheck")
-        if stored.get(k) != getattr(config, k)
-    ]
+    differ = _differences(run, config, (*SHARED_WITH_PREVIOUS, "m_recheck"))
     if differ:
         raise PromptMIIError(f"{run}: the collection differs ({'; '.join(differ)}); pass the same options")
     return run
@@ -538,15 +533,18 @@ def read_rechecks(run: Path) -> dict[str, dict[str, Any]]:
 def _previous_run(config: ExpertIterationConfig) -> Path:
     """The --previous run directory, after checking that it scored on the same pools (SHARED_WITH_PREVIOUS)."""
     run = Path(config.previous or "")
-    stored = _stored_config(run)
-    differ = [
-        f"{k} {stored.get(k)!r} there, {getattr(config, k)!r} here"
-        for k in SHARED_WITH_PREVIOUS
-        if stored.get(k) != getattr(config, k)
-    ]
+    differ = _differences(run, config, SHARED_WITH_PREVIOUS)
     if differ:
         raise PromptMIIError(f"{run}: the previous round differs ({'; '.join(differ)}); its scores would not compare")
     return run
+
+
+def _differences(run: Path, config: ExpertIterationConfig, keys: tuple[str, ...]) -> list[str]:
+    """'key X there, Y here' for each of `keys` where the run's stored config and `config` differ."""
+    stored = _stored_config(run)
+    return [
+        f"{k} {stored.get(k)!r} there, {getattr(config, k)!r} here" for k in keys if stored.get(k) != getattr(config, k)
+    ]
 
 
 def run_round(config: ExpertIterationConfig) -> int:
@@ -554,9 +552,9 @@ def run_round(config: ExpertIterationConfig) -> int:
 
     A fine-tune variant (--collection RUN) is of RUN's round.
     """
-    if config.collection:
-        return run_round(ExpertIterationConfig(**_stored_fields(Path(config.collection))))
     rounds, previous = 1, config.previous
+    if config.collection:  # count from the collection's own --previous
+        previous = _stored_config(Path(config.collection)).get("previous", "")
     while previous and rounds < 100:  # the cap only guards against a cycle of run directories
         rounds += 1
         previous = _stored_config(Path(previous)).get("previous", "")
@@ -568,12 +566,6 @@ def _stored_config(run: Path) -> dict[str, Any]:
     if not path.is_file():
         raise PromptMIIError(f"{run}: not an expert-iteration run directory (no {models.RUN_CONFIG})")
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _stored_fields(run: Path) -> dict[str, Any]:
-    """The stored config's dataclass fields (without recipe and candidate_plan), paths as stored."""
-    names = set(ExpertIterationConfig.__dataclass_fields__)
-    return {k: v for k, v in _stored_config(run).items() if k in names}
 
 
 def _write_config(out: Path, config: ExpertIterationConfig) -> None:
